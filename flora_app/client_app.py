@@ -1,0 +1,104 @@
+"""flora ClientApp: receive adapters, train them locally, send them back.
+
+The handlers are as plain as Flower's quickstart: an fp32 ``ArrayRecord`` in, one out. Wire
+codecs are applied around them by ``compression_mod`` as each message's header asks, so this
+file knows no strategy and no codec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flora_app.batchnorm import measure_batchnorm_statistics, statistics_only
+from flora_app.config import FloraConfig
+from flora_app.lora import (
+    base_fingerprint_of,
+    build_trainable,
+    exchanged_state,
+    load_exchanged_state,
+)
+from flora_app.task import load_client_data, model_spec
+from flora_app.training import evaluate as evaluate_model
+from flora_app.training import train as train_model
+from strategies.mod import compression_mod
+from strategies.wire import numpy_to_record, record_to_numpy
+
+app = ClientApp(mods=[compression_mod])
+
+
+class BaseModelMismatchError(RuntimeError):
+    """This client rebuilt a different frozen base than the server's."""
+
+
+def _prepare(msg: Message, context: Context):
+    """Config, data and a model loaded with the received adapters, after the base check."""
+    cfg = FloraConfig.from_run_config(context.run_config)
+    dataset, train_split, val_split = load_client_data(cfg, context.node_config)
+    spec = model_spec(cfg, dataset)
+    expected = msg.content["config"].get("base-fingerprint")
+    local = base_fingerprint_of(spec)
+    if expected is not None and expected != local:
+        raise BaseModelMismatchError(
+            f"node {context.node_id}: frozen base fingerprint {local} differs from the server's "
+            f"{expected}; check that seed, model, model-width and the torch version match"
+        )
+    model = build_trainable(spec)
+    load_exchanged_state(model, spec, record_to_numpy(msg.content["arrays"]))
+    return cfg, dataset, train_split, val_split, spec, model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received adapters on this node's partition."""
+    cfg, dataset, train_split, _, spec, model = _prepare(msg, context)
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
+    loss = train_model(
+        model,
+        train_split,
+        epochs=int(config.get("local-epochs", cfg.local_epochs)),
+        batch_size=int(config.get("batch-size", cfg.batch_size)),
+        lr=float(config.get("lr", cfg.lr)),
+        momentum=float(config.get("momentum", cfg.momentum)),
+        augment=dataset.augment,
+        seed=int(
+            np.random.SeedSequence([cfg.seed, server_round, context.node_id]).generate_state(1)[0]
+        ),
+    )
+    content = RecordDict(
+        {
+            "arrays": numpy_to_record(exchanged_state(model, spec)),
+            "metrics": MetricRecord({"train-loss": loss, "num-examples": len(train_split)}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received global model on this node's validation split, and measure it.
+
+    Besides validation metrics, the reply carries the BatchNorm moments of the received global
+    model on this node's training data (``bn-stats``), which the server pools into exact
+    statistics for the global model (see ``flora_app.batchnorm``).
+    """
+    _, _, train_split, val_split, spec, model = _prepare(msg, context)
+    measured = measure_batchnorm_statistics(model, train_split)
+    loss, accuracy = evaluate_model(model, val_split)
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(
+                {
+                    "val-loss": loss,
+                    "val-accuracy": accuracy,
+                    "num-examples": max(len(val_split), 1),
+                    "bn-examples": len(train_split) if measured else 0,
+                }
+            )
+        }
+    )
+    if measured:
+        content["bn-stats"] = numpy_to_record(statistics_only(exchanged_state(model, spec)))
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,99 @@
+"""Bytes on the wire, measured the way Flower serializes a message, never estimated.
+
+Since Flower 1.20 a message travels as its metadata (a protobuf ``Message`` with empty
+content), its object tree, and every nested object (RecordDict, ArrayRecord, Array,
+ArrayChunk, ConfigRecord, ...) deflated to bytes and addressed by content hash. Identical
+objects inside one message are sent once, exactly as Flower's push/pull does. The sum of those
+three parts is what one SuperNode's link carries for that message.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from flwr.app import Message
+from flwr.app.message import remove_content_from_message
+from flwr.common.serde import message_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+
+
+def message_wire_bytes(message: Message) -> int:
+    """Serialized size of one message: metadata + object tree + every distinct object."""
+    header = message_to_proto(remove_content_from_message(message)).ByteSize()
+    if message.has_error():
+        return header
+    tree = get_object_tree(message).ByteSize()
+    objects = sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    return header + tree + objects
+
+
+def _category(message: Message) -> str:
+    """``train`` / ``evaluate`` / ``query`` from a message type like ``train.custom``."""
+    return message.metadata.message_type.split(".", 1)[0]
+
+
+class MeteredGrid(Grid):
+    """A Grid that delegates everything and counts the bytes of every message both ways.
+
+    Counts accumulate per (category, direction) until ``take()`` returns and resets them; the
+    ServerApp takes them once per round. Measuring after the send means outgoing messages
+    carry the message id Flower assigned, as on the wire.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self._bytes: dict[tuple[str, str], int] = defaultdict(int)
+        self._count: dict[tuple[str, str], int] = defaultdict(int)
+
+    def _add(self, messages: Iterable[Message], direction: str) -> None:
+        for msg in messages:
+            key = (_category(msg), direction)
+            self._bytes[key] += message_wire_bytes(msg)
+            self._count[key] += 1
+
+    def take(self) -> dict[str, int]:
+        """Bytes and message counts since the last call, as ``{"train_up_bytes": ..., ...}``."""
+        out = {f"{c}_{d}_bytes": n for (c, d), n in self._bytes.items()}
+        out.update({f"{c}_{d}_messages": n for (c, d), n in self._count.items()})
+        self._bytes.clear()
+        self._count.clear()
+        return out
+
+    # --- Grid API, delegated -------------------------------------------------------------
+    def set_run(self, run):
+        return self._grid.set_run(run)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def get_nodes(self):
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = self._grid.push_messages(messages)
+        self._add(messages, "down")
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self._grid.pull_messages(message_ids))
+        self._add(replies, "up")
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._add(messages, "down")
+        self._add(replies, "up")
+        return replies

@@ -1,0 +1,150 @@
+"""flora ServerApp: validate the configuration, run the strategy, keep the results.
+
+The configuration is checked before anything else, so a bad key ends the run with one line
+and no training. Bytes are measured on the Grid (``MeteredGrid``), accuracy centrally on the
+held-out test set after every round, and both land in the run folder as the run goes.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import ERROR, INFO
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from flora_app.batchnorm import pool_batchnorm_statistics
+from flora_app.config import ConfigError, FloraConfig
+from flora_app.data import load_dataset
+from flora_app.lora import (
+    base_fingerprint_of,
+    base_parameter_count,
+    build_trainable,
+    exchanged_state,
+    load_exchanged_state,
+    save_adapter,
+)
+from flora_app.metering import MeteredGrid
+from flora_app.results import RunRecorder, make_run_dir
+from flora_app.task import data_spec, model_spec
+from flora_app.training import evaluate
+from strategies.presets import build_strategy
+from strategies.wire import numpy_to_record, record_to_numpy
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run ``num-server-rounds`` rounds of the configured strategy and write the run folder."""
+    try:
+        cfg = FloraConfig.from_run_config(context.run_config)
+    except ConfigError as exc:
+        log(ERROR, "%s", exc)
+        raise SystemExit(f"flora: {exc}") from None
+    run(grid, cfg)
+
+
+def run(grid: Grid, cfg: FloraConfig) -> dict:
+    """The whole federated run on ``grid``; returns the summary (also in ``summary.json``)."""
+    dataset = load_dataset(data_spec(cfg))
+    spec = model_spec(cfg, dataset)
+    model = build_trainable(spec)
+    fingerprint = base_fingerprint_of(spec)
+    initial = exchanged_state(model, spec)
+    strategy = build_strategy(cfg.strategy, cfg.fraction_train, cfg.fraction_evaluate)
+
+    run_dir = make_run_dir(cfg.output_dir, cfg.run_name, cfg.strategy)
+    total_params = base_parameter_count(spec)
+    recorder = RunRecorder(
+        run_dir,
+        {
+            **cfg.to_run_config(),
+            "base-fingerprint": fingerprint,
+            "exchanged-tensors": len(initial),
+            "exchanged-parameters": int(sum(v.size for v in initial.values())),
+            "model-parameters": int(total_params),
+        },
+    )
+    log(INFO, "flora: run folder %s", run_dir)
+    log(
+        INFO,
+        "flora: %s on %s, %d of %d parameters exchanged (%d tensors)",
+        cfg.strategy,
+        cfg.model,
+        recorder.config["exchanged-parameters"],
+        total_params,
+        len(initial),
+    )
+
+    metered = MeteredGrid(grid)
+    clock = {"last": time.time()}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        state = record_to_numpy(arrays)
+        bn_parts = [
+            (record_to_numpy(c["bn-stats"]), int(c["metrics"]["bn-examples"]))
+            for c in strategy.take_evaluate_contents()
+            if "bn-stats" in c and "metrics" in c
+        ]
+        state.update(pool_batchnorm_statistics(bn_parts))
+        load_exchanged_state(model, spec, state)
+        loss, accuracy = evaluate(model, dataset.test)
+        if server_round == 0:
+            recorder.record_initial(accuracy, loss)
+            metered.take()
+            clock["last"] = time.time()
+            log(INFO, "flora: round 0 (initial) | acc %.4f loss %.4f", accuracy, loss)
+            return MetricRecord({"accuracy": accuracy, "loss": loss})
+        traffic = metered.take()
+        now = time.time()
+        record = {
+            "round": server_round,
+            "rounds_total": cfg.num_server_rounds,
+            "accuracy": accuracy,
+            "loss": loss,
+            "bytes_up": traffic.get("train_up_bytes", 0),
+            "bytes_down": traffic.get("train_down_bytes", 0),
+            "bytes_eval_up": traffic.get("evaluate_up_bytes", 0),
+            "bytes_eval_down": traffic.get("evaluate_down_bytes", 0),
+            "clients": traffic.get("train_down_messages", 0),
+            "replies": traffic.get("train_up_messages", 0),
+            "bn_stats_clients": len(bn_parts),
+            "seconds": now - clock["last"],
+            **strategy.take_round_metrics(),
+        }
+        clock["last"] = now
+        log(INFO, "flora: %s", recorder.record_round(record))
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    train_config = ConfigRecord(
+        {
+            "lr": cfg.lr,
+            "local-epochs": cfg.local_epochs,
+            "batch-size": cfg.batch_size,
+            "momentum": cfg.momentum,
+            "base-fingerprint": fingerprint,
+        }
+    )
+    strategy.start(
+        grid=metered,
+        initial_arrays=numpy_to_record(initial),
+        num_rounds=cfg.num_server_rounds,
+        train_config=train_config,
+        evaluate_config=ConfigRecord({"base-fingerprint": fingerprint}),
+        evaluate_fn=evaluate_fn,
+    )
+    # evaluate_fn loaded the final global adapters into ``model`` after the last round.
+    save_adapter(model, spec, run_dir / "adapter")
+    summary = recorder.finish()
+    log(
+        INFO,
+        "flora: done | final acc %.4f | up %.2f MB down %.2f MB | %.0f s | %s",
+        summary["final_accuracy"] or 0.0,
+        summary["bytes_up_total"] / 1e6,
+        summary["bytes_down_total"] / 1e6,
+        summary["wall_seconds"],
+        run_dir,
+    )
+    return summary

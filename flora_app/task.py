@@ -1,0 +1,68 @@
+"""What both apps derive from the configuration: the data to load and the model to build."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flora_app.config import FloraConfig
+from flora_app.data import Dataset, DataSpec, Split, client_splits, load_dataset
+from flora_app.lora import ModelSpec
+
+
+class NodeConfigError(ValueError):
+    """A SuperNode was started without the node config this app needs."""
+
+
+def data_spec(cfg: FloraConfig) -> DataSpec:
+    return DataSpec(
+        dataset=cfg.dataset,
+        source=cfg.dataset_source,
+        seed=cfg.seed,
+        synthetic_samples=cfg.synthetic_samples,
+        synthetic_image_size=cfg.synthetic_image_size,
+    )
+
+
+def model_spec(cfg: FloraConfig, dataset: Dataset) -> ModelSpec:
+    return ModelSpec(
+        model=cfg.model,
+        in_channels=dataset.in_channels,
+        num_classes=dataset.num_classes,
+        width=cfg.model_width,
+        seed=cfg.seed,
+        use_lora=cfg.use_lora,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        train_norm=cfg.lora_train_norm,
+        train_head=cfg.lora_train_head,
+    )
+
+
+def partition_of(node_config: Mapping[str, Any]) -> tuple[int, int]:
+    """``(partition-id, num-partitions)`` from the SuperNode's node config, checked."""
+    try:
+        pid, num = node_config["partition-id"], node_config["num-partitions"]
+    except KeyError as exc:
+        raise NodeConfigError(
+            f"node config lacks {exc.args[0]!r}: start the SuperNode with "
+            "--node-config 'partition-id=<i> num-partitions=<n>'"
+        ) from None
+    if not (isinstance(pid, int) and isinstance(num, int) and 0 <= pid < num):
+        raise NodeConfigError(
+            f"node config partition-id={pid!r} num-partitions={num!r}: "
+            "expected integers with 0 <= partition-id < num-partitions"
+        )
+    return pid, num
+
+
+def load_client_data(
+    cfg: FloraConfig, node_config: Mapping[str, Any]
+) -> tuple[Dataset, Split, Split]:
+    """The dataset plus this node's train and validation splits (cached per process)."""
+    pid, num = partition_of(node_config)
+    dataset = load_dataset(data_spec(cfg))
+    train, val = client_splits(
+        dataset, pid, num, cfg.partitioner, cfg.dirichlet_alpha, cfg.val_fraction, cfg.seed
+    )
+    return dataset, train, val

@@ -1,0 +1,65 @@
+"""Local training and evaluation loops on in-memory tensors.
+
+Batches are sliced from one tensor with a seeded permutation: no DataLoader workers to fork
+inside Ray actors, and the same seed reproduces the same local run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from flora_app.data import Augment, Split, augment_batch
+
+
+def train(
+    model: nn.Module,
+    split: Split,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    augment: Augment,
+    seed: int,
+) -> float:
+    """SGD (Nesterov when momentum > 0, as FLoCoRA) over the trainable parameters only.
+
+    Returns the mean training loss over all batches. An empty split trains nothing.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if len(split) == 0 or not params:
+        return 0.0
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    total, batches = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(split), generator=generator)
+        for start in range(0, len(split), batch_size):
+            idx = order[start : start + batch_size]
+            if idx.numel() < 2 and len(split) >= 2:
+                continue  # BatchNorm cannot normalise a batch of one
+            x = augment_batch(split.x[idx], augment, generator)
+            loss = F.cross_entropy(model(x), split.y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            batches += 1
+    return total / max(batches, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 256) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` (eval mode: running stats)."""
+    if len(split) == 0:
+        return 0.0, 0.0
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return loss_sum / len(split), correct / len(split)

@@ -1,0 +1,57 @@
+"""Shared fixtures: hand-built Flower messages and contexts, small model specs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from flwr.app import Context, Message, Metadata, RecordDict
+
+from flora_app.lora import ModelSpec
+
+
+def make_message(
+    content: RecordDict, message_type: str = "train", src: int = 0, dst: int = 7, mid: str = "m"
+) -> Message:
+    """A message with full metadata, as a SuperLink would deliver it (no TaskIdentity needed)."""
+    metadata = Metadata(
+        run_id=1,
+        message_id=mid,
+        src_node_id=src,
+        dst_node_id=dst,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=message_type,
+    )
+    return Message(metadata=metadata, content=content)
+
+
+def make_context(run_config: dict, partition_id: int = 0, num_partitions: int = 4) -> Context:
+    return Context(
+        run_id=1,
+        node_id=7 + partition_id,
+        node_config={"partition-id": partition_id, "num-partitions": num_partitions},
+        state=RecordDict(),
+        run_config=run_config,
+    )
+
+
+@pytest.fixture
+def cnn_spec() -> ModelSpec:
+    return ModelSpec("cnn", 1, 10, 16, seed=0, use_lora=True, lora_r=4, lora_alpha=8.0)
+
+
+@pytest.fixture
+def tiny_run_config() -> dict:
+    """The app's defaults shrunk to the tiny CNN (what the handler tests run)."""
+    import tomllib
+    from pathlib import Path
+
+    defaults = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    cfg = dict(defaults["tool"]["flwr"]["app"]["config"])
+    cfg.update(
+        {"model": "cnn", "model-width": 16, "lora-r": 4, "lora-alpha": 8.0, "local-epochs": 1}
+    )
+    return cfg

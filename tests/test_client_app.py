@@ -1,0 +1,98 @@
+"""The ClientApp's handlers, called with hand-built Flower messages and contexts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from flora_app.client_app import BaseModelMismatchError, app, evaluate, train
+from flora_app.config import FloraConfig
+from flora_app.data import load_dataset
+from flora_app.lora import base_fingerprint_of, build_trainable, exchanged_state
+from flora_app.task import NodeConfigError, data_spec, model_spec
+from strategies.codecs import get_codec
+from strategies.wire import HEADER_KEY, encode_content, numpy_to_record, record_to_numpy
+from tests.conftest import make_context, make_message
+
+
+def _global_state(run_config: dict):
+    cfg = FloraConfig.from_run_config(run_config)
+    spec = model_spec(cfg, load_dataset(data_spec(cfg)))
+    return spec, exchanged_state(build_trainable(spec), spec)
+
+
+def _train_content(run_config: dict, fingerprint: str | None = None) -> RecordDict:
+    spec, state = _global_state(run_config)
+    config = ConfigRecord(
+        {
+            "lr": 0.05,
+            "local-epochs": 1,
+            "batch-size": 16,
+            "momentum": 0.9,
+            "server-round": 1,
+            "base-fingerprint": fingerprint or base_fingerprint_of(spec),
+        }
+    )
+    return RecordDict({"arrays": numpy_to_record(state), "config": config})
+
+
+def test_train_returns_trained_adapters_with_the_same_names_and_example_count(tiny_run_config):
+    content = _train_content(tiny_run_config)
+    sent = record_to_numpy(content["arrays"])
+    reply = train(make_message(content), make_context(tiny_run_config))
+    got = record_to_numpy(reply.content["arrays"])
+    assert list(got) == list(sent)
+    assert all(got[k].shape == sent[k].shape for k in sent)
+    assert any(not np.array_equal(got[k], sent[k]) for k in sent if "lora_B" in k)
+    n = reply.content["metrics"]["num-examples"]
+    assert isinstance(n, int) and n > 0
+    assert reply.metadata.reply_to_message_id == "m"
+
+
+def test_train_is_reproducible_for_the_same_round_and_node(tiny_run_config) -> None:
+    replies = [
+        record_to_numpy(
+            train(
+                make_message(_train_content(tiny_run_config)), make_context(tiny_run_config)
+            ).content["arrays"]
+        )
+        for _ in range(2)
+    ]
+    for k in replies[0]:
+        np.testing.assert_array_equal(replies[0][k], replies[1][k])
+
+
+def test_a_client_with_a_different_base_refuses_to_train(tiny_run_config) -> None:
+    content = _train_content(tiny_run_config, fingerprint="0123456789abcdef")
+    with pytest.raises(BaseModelMismatchError, match="0123456789abcdef"):
+        train(make_message(content), make_context(tiny_run_config))
+
+
+def test_a_supernode_without_partition_config_fails_clearly(tiny_run_config) -> None:
+    context = make_context(tiny_run_config)
+    context.node_config = {}
+    with pytest.raises(NodeConfigError, match="partition-id"):
+        train(make_message(_train_content(tiny_run_config)), context)
+
+
+def test_evaluate_scores_the_validation_split(tiny_run_config) -> None:
+    content = _train_content(tiny_run_config)
+    del content["config"]["lr"]
+    reply = evaluate(make_message(content, "evaluate"), make_context(tiny_run_config))
+    metrics = reply.content["metrics"]
+    assert 0.0 <= metrics["val-accuracy"] <= 1.0 and metrics["num-examples"] > 0
+    # No adapters travel back, only the BatchNorm moments of the received model (small).
+    assert list(reply.content.array_records) == ["bn-stats"]
+    stats = record_to_numpy(reply.content["bn-stats"])
+    assert stats and all(k.endswith(("running_mean", "running_var")) for k in stats)
+    assert metrics["bn-examples"] > 0
+
+
+def test_the_app_decodes_and_encodes_through_the_compression_mod(tiny_run_config) -> None:
+    plain = _train_content(tiny_run_config)
+    encoded = encode_content(plain, get_codec("fp32"), reply_codec="fp32")
+    reply = app(make_message(encoded), make_context(tiny_run_config))
+    assert not reply.has_error(), reply.error if reply.has_error() else None
+    assert reply.content[HEADER_KEY]["codec"] == "fp32"
+    assert list(record_to_numpy(reply.content["arrays"])) == list(record_to_numpy(plain["arrays"]))

@@ -41,8 +41,10 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg = FloraConfig.from_run_config(context.run_config)
     except ConfigError as exc:
-        log(ERROR, "%s", exc)
-        raise SystemExit(f"flora: {exc}") from None
+        # One readable line first; re-raising marks the run as failed in Flower (a SystemExit
+        # would be recorded as a normal finish).
+        log(ERROR, "flora: %s", exc)
+        raise
     run(grid, cfg)
 
 

@@ -91,8 +91,8 @@ def stop_process_group(pid: int, grace: float = 10.0) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def run_status(env: dict[str, str], app: Path) -> str:
-    """The status of the newest run on the local SuperLink, as ``flwr list`` reports it."""
+def run_status(env: dict[str, str], app: Path) -> tuple[str, str]:
+    """(status, details) of the newest run on the local SuperLink, as ``flwr list`` has them."""
     out = subprocess.run(
         ["flwr", "list", "local", "--format", "json"],
         env=env,
@@ -103,11 +103,11 @@ def run_status(env: dict[str, str], app: Path) -> str:
     try:
         runs = json.loads(out.stdout).get("runs", [])
     except json.JSONDecodeError:
-        return "unknown"
+        return "unknown", out.stderr.strip()[-300:]
     if not runs:
-        return "unknown"
+        return "unknown", "no run found"
     newest = max(runs, key=lambda r: str(r.get("pending-at", "")))
-    return str(newest.get("status", "unknown"))
+    return str(newest.get("status", "unknown")), str(newest.get("status-details", ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         code = subprocess.run(cmd, env=env, check=False).returncode
-        status = run_status(env, args.app)
+        status, details = run_status(env, args.app)
         print(f"[flora] run status: {status}", flush=True)
-        if code == 0 and "fail" in status.lower():
-            code = 1
+        if status != "finished:completed":
+            print(f"[flora] run did not complete: {details}", flush=True)
+            code = code or 1
     except KeyboardInterrupt:
         print("[flora] interrupted", flush=True)
         code = 130

@@ -37,9 +37,7 @@ def test_measured_statistics_are_the_population_moments_of_the_first_norm_input(
 def test_pooling_equals_the_moments_of_the_concatenated_data() -> None:
     rng = np.random.default_rng(0)
     chunks = [rng.normal(loc=i, scale=1 + i, size=(n, 3)) for i, n in enumerate([10, 40, 25])]
-    parts = [
-        ({"l.running_mean": c.mean(0), "l.running_var": c.var(0)}, len(c)) for c in chunks
-    ]
+    parts = [({"l.running_mean": c.mean(0), "l.running_var": c.var(0)}, len(c)) for c in chunks]
     pooled = pool_batchnorm_statistics(parts)
     everything = np.concatenate(chunks)
     np.testing.assert_allclose(pooled["l.running_mean"], everything.mean(0), rtol=1e-5)

@@ -56,5 +56,5 @@ def test_serverapp_ends_a_misconfigured_run_before_training() -> None:
     from flora_app.server_app import main
 
     context = Context(1, 0, {}, RecordDict(), {**DEFAULTS, "strategy": "nope"})
-    with pytest.raises(SystemExit, match="run-config 'strategy' = 'nope'"):
+    with pytest.raises(ConfigError, match="run-config 'strategy' = 'nope'"):
         main(grid=None, context=context)  # never reaches the grid

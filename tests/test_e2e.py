@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 
-def _run(tmp_path: Path, run_config: str, supernodes: int = 3) -> tuple[Path, str]:
+def _run(
+    tmp_path: Path, run_config: str, supernodes: int = 3, expect_ok: bool = True
+) -> tuple[Path, str]:
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "run_simulation.py"),
@@ -29,7 +31,7 @@ def _run(tmp_path: Path, run_config: str, supernodes: int = 3) -> tuple[Path, st
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    assert (proc.returncode == 0) == expect_ok, log[-4000:]
     port = re.search(r"superlink port (\d+)", log).group(1)
     leftovers = [
         p
@@ -95,3 +97,10 @@ def test_fedavg_sends_the_whole_model(tmp_path: Path) -> None:
     assert config["exchanged-parameters"] >= config["model-parameters"]
     assert summary["bytes_up_per_client_per_round"] > 4 * config["model-parameters"]
     assert (run_dir / "adapter" / "model.safetensors").exists()
+
+
+def test_a_bad_configuration_fails_the_run_before_training(tmp_path: Path) -> None:
+    _, log = _run(tmp_path, "model='cnn' lora-r=0", supernodes=2, expect_ok=False)
+    assert "run-config 'lora-r' = 0: expected an integer >= 1" in log
+    assert "run did not complete" in log
+    assert "round 1/" not in log

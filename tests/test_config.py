@@ -58,3 +58,19 @@ def test_serverapp_ends_a_misconfigured_run_before_training() -> None:
     context = Context(1, 0, {}, RecordDict(), {**DEFAULTS, "strategy": "nope"})
     with pytest.raises(ConfigError, match="run-config 'strategy' = 'nope'"):
         main(grid=None, context=context)  # never reaches the grid
+
+
+def test_readme_configuration_table_matches_the_defaults() -> None:
+    """The README documents every key with its real default (keeps the README true)."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Configuration") :]
+    rows: dict[str, str] = {}
+    for key, value in re.findall(r"^\| `([a-z-]+)` \| ([^|]+) \|", table, flags=re.MULTILINE):
+        rows.setdefault(key, value)
+    for key, default in DEFAULTS.items():
+        assert key in rows, f"README configuration table lacks {key!r}"
+        shown = rows[key].strip().strip("`")
+        expected = str(default).lower() if isinstance(default, bool) else str(default)
+        assert shown.strip('"') == expected, f"{key}: README says {shown}, pyproject {default}"

@@ -60,11 +60,6 @@ def measure_batchnorm_statistics(model: nn.Module, split: Split, batch_size: int
     return True
 
 
-def statistics_only(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The running mean / variance entries of an exchanged state."""
-    return {k: v for k, v in state.items() if k.endswith((MEAN_SUFFIX, VAR_SUFFIX))}
-
-
 def pool_batchnorm_statistics(
     parts: list[tuple[dict[str, np.ndarray], int]],
 ) -> dict[str, np.ndarray]:

@@ -11,15 +11,16 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flora_app.batchnorm import measure_batchnorm_statistics, statistics_only
+from flora_app.batchnorm import measure_batchnorm_statistics
 from flora_app.config import FloraConfig
 from flora_app.lora import (
     base_fingerprint_of,
     build_trainable,
     exchanged_state,
     load_exchanged_state,
+    running_statistics,
 )
-from flora_app.task import load_client_data, model_spec
+from flora_app.task import load_client_data, model_spec, partition_of
 from flora_app.training import evaluate as evaluate_model
 from flora_app.training import train as train_model
 from strategies.mod import compression_mod
@@ -53,6 +54,7 @@ def _prepare(msg: Message, context: Context):
 def train(msg: Message, context: Context) -> Message:
     """Train the received adapters on this node's partition."""
     cfg, dataset, train_split, _, spec, model = _prepare(msg, context)
+    partition, _ = partition_of(context.node_config)
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
     loss = train_model(
@@ -63,9 +65,7 @@ def train(msg: Message, context: Context) -> Message:
         lr=float(config.get("lr", cfg.lr)),
         momentum=float(config.get("momentum", cfg.momentum)),
         augment=dataset.augment,
-        seed=int(
-            np.random.SeedSequence([cfg.seed, server_round, context.node_id]).generate_state(1)[0]
-        ),
+        seed=int(np.random.SeedSequence([cfg.seed, server_round, partition]).generate_state(1)[0]),
     )
     content = RecordDict(
         {
@@ -100,5 +100,5 @@ def evaluate(msg: Message, context: Context) -> Message:
         }
     )
     if measured:
-        content["bn-stats"] = numpy_to_record(statistics_only(exchanged_state(model, spec)))
+        content["bn-stats"] = numpy_to_record(running_statistics(model, spec))
     return Message(content=content, reply_to=msg)

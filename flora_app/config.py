@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from strategies.presets import PRESETS
+from strategies.presets import PRESETS, QUANT_BITS, WireSettings
 
 DATASETS = ("digits", "cifar10", "synthetic")
 PARTITIONERS = ("iid", "dirichlet")
@@ -50,6 +50,12 @@ class FloraConfig:
     lora_train_norm: bool = True
     lora_train_head: bool = True
     strategy: str = "fedlora"
+    quant_bits: int = 8
+    quant_bits_down: int = 32
+    quant_granularity: str = "channel"
+    quant_meta: str = "fp16"
+    quant_update: bool = True
+    error_feedback: bool = False
     output_dir: str = "outputs"
     run_name: str = ""
 
@@ -57,6 +63,18 @@ class FloraConfig:
     def use_lora(self) -> bool:
         """Whether the model is a frozen base plus LoRA adapters (else it trains in full)."""
         return PRESETS[self.strategy].lora
+
+    @property
+    def wire(self) -> WireSettings:
+        """The codec settings handed to the strategy presets."""
+        return WireSettings(
+            quant_bits=self.quant_bits,
+            quant_bits_down=self.quant_bits_down,
+            granularity=self.quant_granularity,
+            meta=self.quant_meta,
+            update=self.quant_update,
+            error_feedback=self.error_feedback,
+        )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FloraConfig:
@@ -81,6 +99,16 @@ class FloraConfig:
         _choice("dataset", self.dataset, DATASETS)
         _choice("partitioner", self.partitioner, PARTITIONERS)
         _choice("model", self.model, MODELS)
+        _choice("quant-granularity", self.quant_granularity, ("channel", "tensor"))
+        _choice("quant-meta", self.quant_meta, ("fp16", "fp32"))
+        for key, bits in (
+            ("quant-bits", self.quant_bits),
+            ("quant-bits-down", self.quant_bits_down),
+        ):
+            if bits not in QUANT_BITS:
+                raise ConfigError(
+                    f"run-config '{key}' = {bits!r}: expected 1..8 (affine), 16 (fp16) or 32 (fp32)"
+                )
         _at_least("num-server-rounds", self.num_server_rounds, 1)
         _at_least("local-epochs", self.local_epochs, 1)
         _at_least("batch-size", self.batch_size, 1)
@@ -90,7 +118,11 @@ class FloraConfig:
         _at_least("synthetic-samples", self.synthetic_samples, 20)
         _at_least("synthetic-image-size", self.synthetic_image_size, 4)
         _open_closed("fraction-train", self.fraction_train, 0.0, 1.0)
-        _closed("fraction-evaluate", self.fraction_evaluate, 0.0, 1.0)
+        if not 0.0 < self.fraction_evaluate <= 1.0:
+            raise ConfigError(
+                f"run-config 'fraction-evaluate' = {self.fraction_evaluate!r}: expected a number "
+                "in (0.0, 1.0]; the evaluate phase measures the global model's BatchNorm statistics"
+            )
         _closed_open("val-fraction", self.val_fraction, 0.0, 0.9)
         _closed_open("momentum", self.momentum, 0.0, 1.0)
         _positive("lr", self.lr)
@@ -137,11 +169,6 @@ def _positive(key: str, value: float) -> None:
 def _open_closed(key: str, value: float, low: float, high: float) -> None:
     if not low < value <= high:
         raise ConfigError(f"run-config '{key}' = {value!r}: expected a number in ({low}, {high}]")
-
-
-def _closed(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"run-config '{key}' = {value!r}: expected a number in [{low}, {high}]")
 
 
 def _closed_open(key: str, value: float, low: float, high: float) -> None:

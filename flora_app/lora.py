@@ -2,9 +2,10 @@
 
 With LoRA, every Conv2d gets a peft adapter (A: r x C_in x k x k, B: C_out x r x 1 x 1) and the
 norm layers and the head are peft ``modules_to_save`` when they train (FLoCoRA's "mode 2").
-Norm layers are *always* in ``modules_to_save``: their running statistics belong with the
-adapters, otherwise the server would evaluate with statistics no client ever produced. When
-``lora-train-norm`` is off their affine parameters are frozen and stay off the wire.
+Norm layers are *always* in ``modules_to_save``, so the adapter (and peft's saved files) holds
+their running statistics; those statistics are measured on the global model in the evaluate
+phase rather than sent with training messages. When ``lora-train-norm`` is off the norms'
+affine parameters are frozen and stay off the wire.
 """
 
 from __future__ import annotations
@@ -101,33 +102,91 @@ def build_trainable(spec: ModelSpec) -> nn.Module:
     return model
 
 
-def _peft_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def _full_state(model: nn.Module, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """peft's adapter state (A, B, modules_to_save with buffers), or the whole state_dict."""
+    if not spec.use_lora:
+        return model.state_dict()
     from peft import get_peft_model_state_dict
 
     return get_peft_model_state_dict(model)
 
 
-def exchanged_state(model: nn.Module, spec: ModelSpec) -> OrderedDict[str, np.ndarray]:
-    """The tensors that travel, in a fixed order, as float32 numpy arrays.
+def _is_statistic(name: str) -> bool:
+    return name.endswith((".running_mean", ".running_var", ".num_batches_tracked"))
 
-    LoRA: peft's adapter state (A, B, modules_to_save) minus BatchNorm's step counter and, when
-    norms are frozen, minus their unchanged affine parameters. Full model: the state_dict minus
-    the step counters. ``num_batches_tracked`` only matters with ``momentum=None``, which we do
-    not use, and averaging an integer counter makes no sense.
+
+def exchanged_state(model: nn.Module, spec: ModelSpec) -> OrderedDict[str, np.ndarray]:
+    """The tensors that travel in training messages, in a fixed order, as float32 arrays.
+
+    Exactly the trainable tensors: LoRA A and B, and the norm layers and head when they train
+    (all parameters for the full model). BatchNorm running statistics do not travel here: the
+    server measures them on the global model in the evaluate phase (``flora_app.batchnorm``).
     """
-    state = _peft_state(model) if spec.use_lora else model.state_dict()
-    frozen_norm = set()
+    state = _full_state(model, spec)
+    frozen_norm: set[str] = set()
     if spec.use_lora and not spec.train_norm:
         frozen_norm = {f"{n}.{p}" for n in _norm_prefixes(state) for p in ("weight", "bias")}
     return OrderedDict(
         (name, tensor.detach().cpu().numpy().astype(np.float32, copy=True))
         for name, tensor in state.items()
-        if not name.endswith("num_batches_tracked") and name not in frozen_norm
+        if not _is_statistic(name) and name not in frozen_norm
+    )
+
+
+def running_statistics(model: nn.Module, spec: ModelSpec) -> OrderedDict[str, np.ndarray]:
+    """BatchNorm running means and variances, named as in the model's (peft) state."""
+    return OrderedDict(
+        (name, tensor.detach().cpu().numpy().astype(np.float32, copy=True))
+        for name, tensor in _full_state(model, spec).items()
+        if name.endswith((".running_mean", ".running_var"))
     )
 
 
 def _norm_prefixes(state: dict[str, torch.Tensor]) -> set[str]:
     return {k[: -len(".running_mean")] for k in state if k.endswith(".running_mean")}
+
+
+def _check_tensors(
+    arrays: dict[str, np.ndarray], expected: dict[str, np.ndarray], what: str, partial: bool
+) -> None:
+    missing = [] if partial else [k for k in expected if k not in arrays]
+    unexpected = [k for k in arrays if k not in expected]
+    if missing or unexpected:
+        raise StateMismatchError(
+            f"{what} do not match the model: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    for name, got in arrays.items():
+        ref = expected[name]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise StateMismatchError(
+                f"tensor {name!r} has shape {tuple(got.shape)}, model expects {tuple(ref.shape)}"
+            )
+        if not np.all(np.isfinite(got)):
+            raise StateMismatchError(f"tensor {name!r} contains NaN or Inf")
+
+
+def _load(model: nn.Module, spec: ModelSpec, arrays: dict[str, np.ndarray]) -> None:
+    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}
+    if spec.use_lora:
+        from peft import set_peft_model_state_dict
+
+        # peft wants every key of its own state; the ones not given keep their values.
+        full = _full_state(model, spec)
+        full.update(tensors)
+        set_peft_model_state_dict(model, full)
+    else:
+        model.load_state_dict(tensors, strict=False)
+
+
+def load_running_statistics(
+    model: nn.Module, spec: ModelSpec, stats: dict[str, np.ndarray]
+) -> None:
+    """Install BatchNorm statistics (any subset of ``running_statistics``), checked."""
+    _check_tensors(stats, running_statistics(model, spec), "BatchNorm statistics", partial=True)
+    if any(k.endswith(".running_var") and np.any(v < 0) for k, v in stats.items()):
+        raise StateMismatchError("a BatchNorm running variance is negative")
+    _load(model, spec, stats)
 
 
 def load_exchanged_state(model: nn.Module, spec: ModelSpec, arrays: dict[str, np.ndarray]) -> None:
@@ -136,32 +195,8 @@ def load_exchanged_state(model: nn.Module, spec: ModelSpec, arrays: dict[str, np
     Names and shapes must equal what ``exchanged_state`` produces for this spec and every value
     must be finite: a silent partial load would train or evaluate a model nobody sent.
     """
-    expected = exchanged_state(model, spec)
-    missing = [k for k in expected if k not in arrays]
-    unexpected = [k for k in arrays if k not in expected]
-    if missing or unexpected:
-        raise StateMismatchError(
-            f"adapter tensors do not match the model: {len(missing)} missing "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
-    for name, ref in expected.items():
-        got = arrays[name]
-        if tuple(got.shape) != tuple(ref.shape):
-            raise StateMismatchError(
-                f"tensor {name!r} has shape {tuple(got.shape)}, model expects {tuple(ref.shape)}"
-            )
-        if not np.all(np.isfinite(got)):
-            raise StateMismatchError(f"tensor {name!r} contains NaN or Inf")
-    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}
-    if spec.use_lora:
-        from peft import set_peft_model_state_dict
-
-        # peft wants every key of its own state; the ones that never travel keep their values.
-        full = _peft_state(model)
-        full.update(tensors)
-        set_peft_model_state_dict(model, full)
-    else:
-        model.load_state_dict(tensors, strict=False)
+    _check_tensors(arrays, exchanged_state(model, spec), "adapter tensors", partial=False)
+    _load(model, spec, arrays)
 
 
 def save_adapter(model: nn.Module, spec: ModelSpec, directory: Path) -> None:

@@ -9,10 +9,11 @@ three parts is what one SuperNode's link carries for that message.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 
-from flwr.app import Message
+from flwr.app import Message, Metadata, RecordDict
 from flwr.app.message import remove_content_from_message
 from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
@@ -27,6 +28,26 @@ def message_wire_bytes(message: Message) -> int:
     tree = get_object_tree(message).ByteSize()
     objects = sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
     return header + tree + objects
+
+
+def standalone_message(content: RecordDict, message_type: str = "train") -> Message:
+    """A message with full metadata outside a running app, for offline size measurements.
+
+    The metadata fields have the sizes a SuperLink gives them (64-hex message ids), so its
+    serialized size is that of a real message with the same content.
+    """
+    metadata = Metadata(
+        run_id=2**63 - 1,
+        message_id="f" * 64,
+        src_node_id=2**63 - 1,
+        dst_node_id=2**63 - 1,
+        reply_to_message_id="f" * 64,
+        group_id="1000",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=message_type,
+    )
+    return Message(metadata=metadata, content=content)
 
 
 def _category(message: Message) -> str:

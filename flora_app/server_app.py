@@ -7,6 +7,7 @@ held-out test set after every round, and both land in the run folder as the run 
 
 from __future__ import annotations
 
+import random
 import time
 from logging import ERROR, INFO
 
@@ -23,6 +24,7 @@ from flora_app.lora import (
     build_trainable,
     exchanged_state,
     load_exchanged_state,
+    load_running_statistics,
     save_adapter,
 )
 from flora_app.metering import MeteredGrid
@@ -50,12 +52,15 @@ def main(grid: Grid, context: Context) -> None:
 
 def run(grid: Grid, cfg: FloraConfig) -> dict:
     """The whole federated run on ``grid``; returns the summary (also in ``summary.json``)."""
+    # Flower's strategies sample nodes with the global ``random``; seeding it makes the
+    # sequence of sampled nodes a function of ``seed`` too.
+    random.seed(cfg.seed)
     dataset = load_dataset(data_spec(cfg))
     spec = model_spec(cfg, dataset)
     model = build_trainable(spec)
     fingerprint = base_fingerprint_of(spec)
     initial = exchanged_state(model, spec)
-    strategy = build_strategy(cfg.strategy, cfg.fraction_train, cfg.fraction_evaluate)
+    strategy = build_strategy(cfg.strategy, cfg.fraction_train, cfg.fraction_evaluate, cfg.wire)
 
     run_dir = make_run_dir(cfg.output_dir, cfg.run_name, cfg.strategy)
     total_params = base_parameter_count(spec)
@@ -84,14 +89,13 @@ def run(grid: Grid, cfg: FloraConfig) -> dict:
     clock = {"last": time.time()}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        state = record_to_numpy(arrays)
+        load_exchanged_state(model, spec, record_to_numpy(arrays))
         bn_parts = [
             (record_to_numpy(c["bn-stats"]), int(c["metrics"]["bn-examples"]))
             for c in strategy.take_evaluate_contents()
             if "bn-stats" in c and "metrics" in c
         ]
-        state.update(pool_batchnorm_statistics(bn_parts))
-        load_exchanged_state(model, spec, state)
+        load_running_statistics(model, spec, pool_batchnorm_statistics(bn_parts))
         loss, accuracy = evaluate(model, dataset.test)
         if server_round == 0:
             recorder.record_initial(accuracy, loss)

@@ -3,37 +3,81 @@
 The same shape as Flower's ``DifferentialPrivacyClientSideFixedClipping``: it holds an inner
 strategy, lets it sample nodes and aggregate, and only transforms what crosses the wire. The
 client-side twin is ``strategies.mod.compression_mod``.
+
+Down: the inner strategy's messages get their ArrayRecords encoded once per round with the
+downlink codec, and the wrapper keeps the *decoded* downlink, i.e. exactly what clients
+received. Up: each reply is decoded (checking codec, names and shapes against what was sent);
+an update is added back to what that client received, so the inner strategy always aggregates
+plain weights, as it would without compression.
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from logging import INFO, WARNING
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.codecs import CodecError, get_codec
-from strategies.wire import decode_content, encode_content
+from strategies.codecs import CodecError, decode_blob, get_codec
+from strategies.wire import (
+    HEADER_KEY,
+    REPLY,
+    REPLY_MODES,
+    blob_to_record,
+    decode_content,
+    make_header,
+    numpy_to_record,
+    read_header,
+    record_to_numpy,
+)
 
 
 class CompressionStrategy(Strategy):
-    """Encode the downlink with ``downlink``, ask clients to reply in ``uplink``, decode replies.
+    """Wrap ``strategy`` so its messages travel through ``downlink`` / ``uplink`` codecs.
 
-    Replies that do not decode (wrong codec, malformed payload) become error replies, which the
-    inner strategy already skips and logs with the node id.
+    ``reply``: clients send ``weights`` or their ``update`` (trained minus received).
+    ``error_feedback``: clients carry their uplink quantization residual to the next round.
+    Replies that do not decode become error replies, which the inner strategy skips and logs.
     """
 
-    def __init__(self, strategy: Strategy, downlink: str = "fp32", uplink: str = "fp32") -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        downlink: str = "fp32",
+        uplink: str = "fp32",
+        reply: str = "weights",
+        error_feedback: bool = False,
+    ) -> None:
+        if reply not in REPLY_MODES:
+            raise ValueError(f"reply = {reply!r}: expected one of {', '.join(REPLY_MODES)}")
         self.strategy = strategy
         self.downlink = get_codec(downlink)
-        self.uplink = get_codec(uplink).name
+        self.uplink = get_codec(uplink).spec
+        self.reply = reply
+        self.error_feedback = error_feedback
+        self._sent: OrderedDict[str, np.ndarray] | None = None
         self._round_metrics: dict[str, float] = {}
         self._evaluate_contents: list[RecordDict] = []
 
+    def summary(self) -> None:
+        log(
+            INFO,
+            "\t├──> Compression: downlink %s | uplink %s (%s%s)",
+            self.downlink.spec,
+            self.uplink,
+            self.reply,
+            ", error feedback" if self.error_feedback else "",
+        )
+        self.strategy.summary()
+
+    # --- bookkeeping the ServerApp reads once per round ------------------------------------
     def take_round_metrics(self) -> dict[str, float]:
         """Strategy extras of the round so far (aggregated client metrics, failures); resets."""
         out, self._round_metrics = self._round_metrics, {}
@@ -49,50 +93,95 @@ class CompressionStrategy(Strategy):
             if isinstance(value, (int, float)):
                 self._round_metrics[f"{prefix}{key.replace('-', '_')}"] = float(value)
 
-    def summary(self) -> None:
-        log(INFO, "\t├──> Compression: downlink %s | uplink %s", self.downlink.name, self.uplink)
-        self.strategy.summary()
+    def _add_seconds(self, seconds: float) -> None:
+        self._round_metrics["server_codec_seconds"] = (
+            self._round_metrics.get("server_codec_seconds", 0.0) + seconds
+        )
 
-    def _encode(self, messages: Iterable[Message], reply_codec: str | None) -> list[Message]:
-        # Inner strategies share one RecordDict across a round's messages: encode it once.
-        encoded: dict[int, RecordDict] = {}
+    # --- down ----------------------------------------------------------------------------
+    def _encode(self, messages: Iterable[Message], train: bool) -> list[Message]:
+        started = time.perf_counter()
+        encoded: dict[int, RecordDict] = {}  # inner strategies share one RecordDict per round
         out = []
         for msg in messages:
             key = id(msg.content)
             if key not in encoded:
-                encoded[key] = encode_content(msg.content, self.downlink, reply_codec)
+                encoded[key] = self._encode_content(msg.content, train)
             msg.content = encoded[key]
             out.append(msg)
+        self._add_seconds(time.perf_counter() - started)
         return out
 
-    def _decode(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
-        out = []
-        for msg in replies:
-            if msg.has_error():
-                out.append(msg)
-                continue
-            try:
-                msg.content = decode_content(msg.content, expected_codec=self.uplink)
-            except CodecError as exc:
-                log(
-                    WARNING,
-                    "round %d: reply from node %d rejected: %s",
-                    server_round,
-                    msg.metadata.src_node_id,
-                    exc,
-                )
-                msg = Message(
-                    metadata=msg.metadata,
-                    error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
-                )
-            out.append(msg)
+    def _encode_content(self, content: RecordDict, train: bool) -> RecordDict:
+        out = RecordDict()
+        for key, record in content.items():
+            if isinstance(record, ArrayRecord):
+                blob = self.downlink.encode(record_to_numpy(record))
+                if train:
+                    self._sent = decode_blob(blob)  # exactly what the clients will hold
+                out[key] = blob_to_record(blob)
+            else:
+                out[key] = record
+        fields = (
+            {"reply_codec": self.uplink, "reply": self.reply, "error_feedback": self.error_feedback}
+            if train
+            else {}
+        )
+        out[HEADER_KEY] = make_header(self.downlink.spec, **fields)
         return out
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
-        return self._encode(messages, reply_codec=self.uplink)
+        return self._encode(messages, train=True)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self._encode(messages, train=False)
+
+    # --- up ------------------------------------------------------------------------------
+    def _decode_reply(self, msg: Message) -> RecordDict:
+        header = read_header(msg.content)
+        mode = header.get(REPLY) if header is not None else None
+        if mode != self.reply:
+            raise CodecError(f"reply mode {mode!r} differs from the requested {self.reply!r}")
+        if self._sent is None:
+            raise CodecError("reply to a round this server did not send")
+        shapes = {k: v.shape for k, v in self._sent.items()}
+        content = decode_content(msg.content, expected_codec=self.uplink, expected_shapes=shapes)
+        if self.reply == "update":
+            for key, record in list(content.array_records.items()):
+                update = record_to_numpy(record)
+                content[key] = numpy_to_record(
+                    OrderedDict((k, self._sent[k] + update[k]) for k in self._sent)
+                )
+        return content
+
+    def _decode(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        started = time.perf_counter()
+        out = []
+        for msg in replies:
+            if not msg.has_error():
+                try:
+                    msg.content = self._decode_reply(msg)
+                except CodecError as exc:
+                    log(
+                        WARNING,
+                        "round %d: reply from node %d rejected: %s",
+                        server_round,
+                        msg.metadata.src_node_id,
+                        exc,
+                    )
+                    msg = Message(
+                        metadata=msg.metadata,
+                        error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
+                    )
+            out.append(msg)
+        self._add_seconds(time.perf_counter() - started)
+        return out
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -102,12 +191,6 @@ class CompressionStrategy(Strategy):
         arrays, metrics = self.strategy.aggregate_train(server_round, decoded)
         self._note("client_", metrics)
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
-        return self._encode(messages, reply_codec=None)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -1,21 +1,59 @@
 """The client-side twin of ``CompressionStrategy``: a Flower mod that speaks the wire codecs.
 
 It decodes whatever arrives into plain fp32 ``ArrayRecord``s, calls the handler, and encodes
-the reply the way the message's header asks. Handlers therefore stay as plain as Flower's
-quickstart and never see a codec. Messages without a header pass through untouched.
+the reply the way the message's header asks: the trained tensors or the update (trained minus
+received), optionally adding last round's quantization residual first (error feedback, kept in
+``context.state`` so it works the same in simulation and deployment). Handlers therefore stay as
+plain as Flower's quickstart and never see a codec. Messages without a header pass through.
 """
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+import time
+from collections import OrderedDict
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from strategies.codecs import get_codec
-from strategies.wire import REPLY_CODEC, decode_content, encode_content, read_header
+from strategies.codecs import CodecError, decode_blob, get_codec
+from strategies.wire import (
+    ERROR_FEEDBACK,
+    HEADER_KEY,
+    REPLY,
+    REPLY_CODEC,
+    REPLY_MODES,
+    blob_to_record,
+    decode_content,
+    make_header,
+    numpy_to_record,
+    read_header,
+    record_to_numpy,
+)
+
+RESIDUAL_KEY = "flora.residual"
+
+
+def _single_arrays(content: RecordDict, what: str) -> tuple[str, ArrayRecord]:
+    records = list(content.array_records.items())
+    if len(records) != 1:
+        raise CodecError(f"{what} must carry exactly one ArrayRecord, found {len(records)}")
+    return records[0]
+
+
+def _residual(context: Context, like: OrderedDict[str, np.ndarray]) -> OrderedDict | None:
+    """Last round's residual when it fits the tensors of this round, else None."""
+    record = context.state.get(RESIDUAL_KEY)
+    if not isinstance(record, ArrayRecord):
+        return None
+    residual = record_to_numpy(record)
+    if list(residual) != list(like) or any(residual[k].shape != like[k].shape for k in like):
+        return None
+    return residual
 
 
 def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Decode the payload, run the handler, encode its reply as asked.
+    """Decode the payload, run the handler, encode its reply as the header asks.
 
     A malformed payload or an unknown codec raises ``CodecError``; Flower turns the exception
     into an error reply, so the server logs it against this node instead of aggregating junk.
@@ -23,10 +61,41 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     header = read_header(msg.content) if msg.has_content() else None
     if header is None:
         return call_next(msg, context)
+    entered = started = time.perf_counter()
     msg.content = decode_content(msg.content)
+    codec_seconds = time.perf_counter() - started
     reply = call_next(msg, context)
     reply_codec = header.get(REPLY_CODEC)
     if reply.has_error() or not isinstance(reply_codec, str):
         return reply
-    reply.content = encode_content(reply.content, get_codec(reply_codec), reply_codec=None)
+
+    started = time.perf_counter()
+    codec = get_codec(reply_codec)
+    mode = header.get(REPLY, "weights")
+    if mode not in REPLY_MODES:
+        raise CodecError(f"reply mode {mode!r}: expected one of {', '.join(REPLY_MODES)}")
+    key, record = _single_arrays(reply.content, "the train reply")
+    trained = record_to_numpy(record)
+    value = trained
+    if mode == "update":
+        _, sent_record = _single_arrays(msg.content, "the train message")
+        received = record_to_numpy(sent_record)
+        if list(received) != list(trained):
+            raise CodecError("reply tensors differ from the received ones; cannot form an update")
+        value = OrderedDict((k, trained[k] - received[k]) for k in trained)
+    use_feedback = bool(header.get(ERROR_FEEDBACK, False))
+    if use_feedback and (residual := _residual(context, value)) is not None:
+        value = OrderedDict((k, v + residual[k]) for k, v in value.items())
+    blob = codec.encode(value)
+    if use_feedback:
+        sent = decode_blob(blob)
+        context.state[RESIDUAL_KEY] = numpy_to_record(
+            OrderedDict((k, (v - sent[k]).astype(np.float32)) for k, v in value.items())
+        )
+    reply.content[key] = blob_to_record(blob)
+    reply.content[HEADER_KEY] = make_header(reply_codec, reply=mode)
+    codec_seconds += time.perf_counter() - started
+    for metrics in reply.content.metric_records.values():
+        metrics["codec-seconds"] = codec_seconds
+        metrics["client-seconds"] = time.perf_counter() - entered
     return reply

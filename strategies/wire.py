@@ -1,46 +1,63 @@
-"""Flower side of the codecs: payloads in ``ArrayRecord``s, the codec named in the message.
+"""Flower side of the codecs: one blob per ArrayRecord, and a header naming the codec.
 
-Every compressed message carries a small ``ConfigRecord`` under ``HEADER_KEY``: ``codec`` names
-how its arrays are encoded and, on the way down, ``reply-codec`` tells the client how to encode
-its reply. The client therefore needs no knowledge of the strategy that sent it.
+A compressed ``ArrayRecord`` holds a single ``Array`` (``PAYLOAD_KEY``) whose bytes are a codec
+container (``strategies.codecs``): one Flower object instead of one per tensor, which is where
+Flower's framing cost is. Next to it, a small ``ConfigRecord`` under ``HEADER_KEY`` says:
+
+- ``codec``: how this message's arrays are encoded;
+- on the way down, ``reply-codec``: how the client must encode its reply,
+  ``reply``: ``weights`` (the trained tensors) or ``update`` (trained minus received),
+  ``error-feedback``: whether to carry the quantization residual over to the next round.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from strategies.codecs import Codec, CodecError, get_codec
+from strategies.codecs import Codec, CodecError, decode_blob, get_codec
 
 HEADER_KEY = "flora.codec"
 CODEC = "codec"
 REPLY_CODEC = "reply-codec"
+REPLY = "reply"
+ERROR_FEEDBACK = "error-feedback"
+PAYLOAD_KEY = "payload"
+PAYLOAD_STYPE = "flora.container"
+REPLY_MODES = ("weights", "update")
 
 
 def record_to_numpy(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
-    """``{name: ndarray}`` in the record's order."""
+    """``{name: ndarray}`` in the record's order (plain, numpy-serialized records)."""
     return OrderedDict((name, array.numpy()) for name, array in record.items())
 
 
-def numpy_to_record(arrays: OrderedDict[str, np.ndarray]) -> ArrayRecord:
+def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in arrays.items()})
 
 
-def encode_content(content: RecordDict, codec: Codec, reply_codec: str | None) -> RecordDict:
-    """A copy of ``content`` whose ArrayRecords are encoded, plus the codec header."""
-    out = RecordDict()
-    for key, record in content.items():
-        if isinstance(record, ArrayRecord):
-            out[key] = numpy_to_record(codec.encode(record_to_numpy(record)))
-        else:
-            out[key] = record
-    header = ConfigRecord({CODEC: codec.name})
-    if reply_codec is not None:
-        header[REPLY_CODEC] = reply_codec
-    out[HEADER_KEY] = header
-    return out
+def blob_to_record(blob: bytes) -> ArrayRecord:
+    """An ArrayRecord carrying one codec container as raw bytes (no .npy header)."""
+    return ArrayRecord(
+        {PAYLOAD_KEY: Array(dtype="uint8", shape=(len(blob),), stype=PAYLOAD_STYPE, data=blob)}
+    )
+
+
+def record_to_blob(record: ArrayRecord) -> bytes:
+    """The container bytes of a compressed ArrayRecord; anything else is refused."""
+    if list(record.keys()) != [PAYLOAD_KEY]:
+        raise CodecError(f"compressed record must hold exactly one {PAYLOAD_KEY!r} array")
+    array = record[PAYLOAD_KEY]
+    if array.stype != PAYLOAD_STYPE or array.dtype != "uint8":
+        raise CodecError(f"payload array has stype {array.stype!r}, expected {PAYLOAD_STYPE!r}")
+    return array.data
+
+
+def make_header(codec: str, **fields: str | bool) -> ConfigRecord:
+    return ConfigRecord({CODEC: codec, **{k.replace("_", "-"): v for k, v in fields.items()}})
 
 
 def read_header(content: RecordDict) -> ConfigRecord | None:
@@ -49,10 +66,28 @@ def read_header(content: RecordDict) -> ConfigRecord | None:
     return record if isinstance(record, ConfigRecord) else None
 
 
-def decode_content(content: RecordDict, expected_codec: str | None = None) -> RecordDict:
+def encode_content(content: RecordDict, codec: Codec, header: ConfigRecord) -> RecordDict:
+    """A copy of ``content`` with every ArrayRecord encoded by ``codec``, plus ``header``."""
+    out = RecordDict()
+    for key, record in content.items():
+        if isinstance(record, ArrayRecord):
+            out[key] = blob_to_record(codec.encode(record_to_numpy(record)))
+        else:
+            out[key] = record
+    out[HEADER_KEY] = header
+    return out
+
+
+def decode_content(
+    content: RecordDict,
+    expected_codec: str | None = None,
+    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> RecordDict:
     """A copy of ``content`` with plain fp32 ArrayRecords and no header.
 
-    ``expected_codec``: the codec the reader asked for; a payload in any other is refused.
+    ``expected_codec``: the codec the reader asked for; a payload in any other is refused, and
+    so is any tensor that codec could not have produced. ``expected_shapes``: the tensors the
+    reader's model has.
     """
     header = read_header(content)
     if header is None:
@@ -68,7 +103,8 @@ def decode_content(content: RecordDict, expected_codec: str | None = None) -> Re
         if key == HEADER_KEY:
             continue
         if isinstance(record, ArrayRecord):
-            out[key] = numpy_to_record(codec.decode(record_to_numpy(record)))
+            tensors = decode_blob(record_to_blob(record), expected_shapes, accept=codec)
+            out[key] = numpy_to_record(tensors)
         else:
             out[key] = record
     return out

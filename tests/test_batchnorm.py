@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from flora_app.batchnorm import (
     measure_batchnorm_statistics,
     pool_batchnorm_statistics,
-    statistics_only,
 )
 from flora_app.data import Split
-from flora_app.lora import ModelSpec, build_trainable, exchanged_state
+from flora_app.lora import (
+    ModelSpec,
+    StateMismatchError,
+    build_trainable,
+    exchanged_state,
+    load_running_statistics,
+    running_statistics,
+)
 
 
 def test_measured_statistics_are_the_population_moments_of_the_first_norm_input() -> None:
@@ -22,7 +29,7 @@ def test_measured_statistics_are_the_population_moments_of_the_first_norm_input(
     conv = model.base_model.model.conv1  # LoRA conv feeding bn1 (B = 0, so it is the base conv)
     with torch.no_grad():
         h = conv(x).double()
-    state = statistics_only(exchanged_state(model, spec))
+    state = running_statistics(model, spec)
     np.testing.assert_allclose(
         state["base_model.model.bn1.running_mean"], h.mean((0, 2, 3)).numpy(), rtol=1e-4, atol=1e-5
     )
@@ -49,3 +56,17 @@ def test_pooling_ignores_clients_without_samples_and_nothing_gives_nothing() -> 
     assert pool_batchnorm_statistics([]) == {}
     assert pool_batchnorm_statistics([(stats, 0)]) == {}
     np.testing.assert_allclose(pool_batchnorm_statistics([(stats, 5)])["l.running_var"], 1.0)
+
+
+def test_statistics_stay_out_of_training_messages_and_load_checked() -> None:
+    spec = ModelSpec("cnn", 1, 10, 16, seed=0, use_lora=True, lora_r=4, lora_alpha=8.0)
+    model = build_trainable(spec)
+    assert not any("running" in k for k in exchanged_state(model, spec))
+    stats = running_statistics(model, spec)
+    key = "base_model.model.bn1.running_var"
+    load_running_statistics(model, spec, {key: np.full_like(stats[key], 2.0)})
+    np.testing.assert_array_equal(running_statistics(model, spec)[key], 2.0)
+    with pytest.raises(StateMismatchError, match="negative"):
+        load_running_statistics(model, spec, {key: -np.ones_like(stats[key])})
+    with pytest.raises(StateMismatchError, match="unexpected"):
+        load_running_statistics(model, spec, {"bn9.running_var": stats[key]})

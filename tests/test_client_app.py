@@ -11,8 +11,17 @@ from flora_app.config import FloraConfig
 from flora_app.data import load_dataset
 from flora_app.lora import base_fingerprint_of, build_trainable, exchanged_state
 from flora_app.task import NodeConfigError, data_spec, model_spec
-from strategies.codecs import get_codec
-from strategies.wire import HEADER_KEY, encode_content, numpy_to_record, record_to_numpy
+from strategies.codecs import decode_blob, get_codec
+from strategies.mod import RESIDUAL_KEY
+from strategies.presets import codec_spec
+from strategies.wire import (
+    HEADER_KEY,
+    encode_content,
+    make_header,
+    numpy_to_record,
+    record_to_blob,
+    record_to_numpy,
+)
 from tests.conftest import make_context, make_message
 
 
@@ -89,10 +98,39 @@ def test_evaluate_scores_the_validation_split(tiny_run_config) -> None:
     assert metrics["bn-examples"] > 0
 
 
+def _through_app(run_config: dict, context, codec: str, mode: str, feedback: bool):
+    plain = _train_content(run_config)
+    header = make_header("fp32", reply_codec=codec, reply=mode, error_feedback=feedback)
+    encoded = encode_content(plain, get_codec("fp32"), header)
+    reply = app(make_message(encoded), context)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else None
+    return plain, reply
+
+
 def test_the_app_decodes_and_encodes_through_the_compression_mod(tiny_run_config) -> None:
-    plain = _train_content(tiny_run_config)
-    encoded = encode_content(plain, get_codec("fp32"), reply_codec="fp32")
-    reply = app(make_message(encoded), make_context(tiny_run_config))
-    assert not reply.has_error(), reply.error if reply.has_error() else None
+    context = make_context(tiny_run_config)
+    plain, reply = _through_app(tiny_run_config, context, "fp32", "weights", False)
     assert reply.content[HEADER_KEY]["codec"] == "fp32"
-    assert list(record_to_numpy(reply.content["arrays"])) == list(record_to_numpy(plain["arrays"]))
+    got = decode_blob(record_to_blob(reply.content["arrays"]))
+    assert list(got) == list(record_to_numpy(plain["arrays"]))
+    assert reply.content["metrics"]["codec-seconds"] >= 0
+
+
+def test_update_replies_with_error_feedback_keep_the_residual_in_context_state(
+    tiny_run_config,
+) -> None:
+    q2 = codec_spec(2)
+    context = make_context(tiny_run_config)
+    plain, reply = _through_app(tiny_run_config, context, q2, "update", True)
+    sent_update = decode_blob(record_to_blob(reply.content["arrays"]))
+    # the plain handler's trained weights, for comparison
+    trained = record_to_numpy(
+        train(make_message(plain), make_context(tiny_run_config)).content["arrays"]
+    )
+    received = record_to_numpy(plain["arrays"])
+    residual = record_to_numpy(context.state[RESIDUAL_KEY])
+    for k in trained:  # residual = true update - what was sent
+        np.testing.assert_allclose(
+            residual[k], trained[k] - received[k] - sent_update[k], atol=1e-5
+        )
+    assert any(np.abs(v).max() > 0 for v in residual.values())

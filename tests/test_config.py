@@ -41,6 +41,7 @@ def test_integers_are_accepted_where_numbers_are_meant() -> None:
         ("lora-train-norm", "yes", "expected true or false"),
         ("dirichlet-alpha", 0, "expected a number > 0"),
         ("momentum", 1.0, "[0.0, 1.0)"),
+        ("fraction-evaluate", 0.0, "BatchNorm statistics"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, fragment) -> None:

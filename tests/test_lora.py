@@ -15,6 +15,7 @@ from flora_app.lora import (
     exchanged_state,
     load_exchanged_state,
     load_saved_model,
+    running_statistics,
     save_adapter,
 )
 
@@ -34,7 +35,9 @@ def test_lora_shapes_follow_peft_conv_layout() -> None:
     a = state["base_model.model.layers.2.0.shortcut_conv.lora_A.weight"]
     assert a.shape == (8, 128, 1, 1)
     assert not np.any(state["base_model.model.conv1.lora_B.weight"])  # B starts at zero
-    assert not any(k.endswith("num_batches_tracked") for k in state)
+    assert not any(
+        k.endswith(("num_batches_tracked", "running_mean", "running_var")) for k in state
+    )
 
 
 def test_resnet8_r32_mode2_sends_about_21_percent_of_the_parameters() -> None:
@@ -42,8 +45,7 @@ def test_resnet8_r32_mode2_sends_about_21_percent_of_the_parameters() -> None:
     model = build_trainable(spec)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 0.20 < trainable / 1_227_594 < 0.22
-    sent = sum(v.size for k, v in exchanged_state(model, spec).items() if "running" not in k)
-    assert sent == trainable  # exactly the trainable tensors, plus BN running statistics
+    assert sum(v.size for v in exchanged_state(model, spec).values()) == trainable
 
 
 def test_only_adapters_norms_and_head_train() -> None:
@@ -54,12 +56,14 @@ def test_only_adapters_norms_and_head_train() -> None:
     assert any(".fc." in n for n in names) and any(".bn1." in n for n in names)
 
 
-def test_frozen_norms_send_running_stats_but_not_affine() -> None:
+def test_frozen_norms_and_head_stay_off_the_wire() -> None:
     spec = ModelSpec("cnn", 1, 10, 16, 0, True, 4, 8.0, train_norm=False, train_head=False)
-    state = exchanged_state(build_trainable(spec), spec)
-    assert any(k.endswith("bn1.running_mean") for k in state)
+    model = build_trainable(spec)
+    state = exchanged_state(model, spec)
     assert not any(k.endswith("bn1.weight") for k in state)
     assert not any(".fc." in k for k in state)
+    assert all("lora_" in k for k in state)
+    assert any(k.endswith("bn1.running_mean") for k in running_statistics(model, spec))
 
 
 @pytest.mark.parametrize("use_lora", [True, False])

@@ -5,72 +5,141 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.codecs import get_codec
+from strategies.codecs import decode_blob, get_codec
 from strategies.compression import CompressionStrategy
-from strategies.presets import PRESETS, build_strategy
-from strategies.wire import HEADER_KEY, encode_content, numpy_to_record, record_to_numpy
+from strategies.presets import PRESETS, WireSettings, build_strategy, codec_spec
+from strategies.wire import (
+    HEADER_KEY,
+    encode_content,
+    make_header,
+    numpy_to_record,
+    record_to_blob,
+    record_to_numpy,
+)
 from tests.conftest import make_message
 
-
-def _reply(arrays: dict, n: int, src: int, codec: str = "fp32"):
-    content = RecordDict(
-        {
-            "arrays": numpy_to_record(OrderedDict(arrays)),
-            "metrics": MetricRecord({"num-examples": n}),
-        }
-    )
-    return make_message(encode_content(content, get_codec(codec), None), src=src, mid=str(src))
+Q4 = codec_spec(4)
 
 
-def _arrays(seed: int) -> dict:
+def _arrays(seed: int, scale: float = 1.0) -> OrderedDict:
     rng = np.random.default_rng(seed)
-    return {
-        "a": rng.normal(size=(4, 3)).astype(np.float32),
-        "b": rng.normal(size=5).astype(np.float32),
-    }
-
-
-def test_aggregate_is_the_example_weighted_mean() -> None:
-    strategy = CompressionStrategy(FedAvg(), "fp32", "fp32")
-    clients = [(_arrays(i), n) for i, n in enumerate([10, 30, 60])]
-    replies = [_reply(a, n, src=i + 1) for i, (a, n) in enumerate(clients)]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    got = record_to_numpy(arrays)
-    total = sum(n for _, n in clients)
-    for key in ("a", "b"):
-        expected = sum(a[key].astype(np.float64) * n for a, n in clients) / total
-        np.testing.assert_allclose(got[key], expected, rtol=1e-6, atol=1e-6)
-
-
-def test_a_reply_in_the_wrong_codec_is_dropped_and_the_rest_aggregate_exactly() -> None:
-    strategy = CompressionStrategy(FedAvg(), "fp32", "fp32")
-    good = [_reply(_arrays(1), 10, src=1), _reply(_arrays(2), 30, src=2)]
-    bad = _reply(_arrays(3), 1000, src=3)
-    bad.content[HEADER_KEY]["codec"] = "int3"
-    arrays, _ = strategy.aggregate_train(1, [*good, bad])
-    expected, _ = CompressionStrategy(FedAvg(), "fp32", "fp32").aggregate_train(
-        1, [_reply(_arrays(1), 10, src=1), _reply(_arrays(2), 30, src=2)]
+    return OrderedDict(
+        a=(rng.normal(size=(4, 3, 3, 3)) * scale).astype(np.float32),
+        w=(rng.normal(size=(5, 6)) * scale).astype(np.float32),
+        b=(rng.normal(size=5) * scale).astype(np.float32),
     )
-    for key, value in record_to_numpy(expected).items():
-        np.testing.assert_array_equal(record_to_numpy(arrays)[key], value)
+
+
+def _send(strategy: CompressionStrategy, global_arrays: OrderedDict) -> OrderedDict:
+    """Run the downlink once; return what clients receive (decoded)."""
+    content = RecordDict(
+        {"arrays": numpy_to_record(global_arrays), "config": ConfigRecord({"lr": 0.1})}
+    )
+    (msg,) = strategy._encode([make_message(content)], train=True)
+    return decode_blob(record_to_blob(msg.content["arrays"]))
+
+
+def _reply(arrays: OrderedDict, n: int, src: int, codec: str, mode: str = "weights"):
+    content = RecordDict(
+        {"arrays": numpy_to_record(arrays), "metrics": MetricRecord({"num-examples": n})}
+    )
+    encoded = encode_content(content, get_codec(codec), make_header(codec, reply=mode))
+    return make_message(encoded, src=src, mid=str(src))
+
+
+def _weighted_mean(clients: list[tuple[OrderedDict, int]]) -> dict:
+    total = sum(n for _, n in clients)
+    return {k: sum(a[k].astype(np.float64) * n for a, n in clients) / total for k in clients[0][0]}
+
+
+def test_fp32_aggregate_is_the_example_weighted_mean() -> None:
+    strategy = CompressionStrategy(FedAvg(), "fp32", "fp32")
+    _send(strategy, _arrays(0))
+    clients = [(_arrays(i), n) for i, n in enumerate([10, 30, 60], start=1)]
+    replies = [_reply(a, n, src=i + 1, codec="fp32") for i, (a, n) in enumerate(clients)]
+    got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+    for key, value in _weighted_mean(clients).items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6)
+
+
+def test_quantized_replies_aggregate_to_the_mean_of_their_dequantized_tensors() -> None:
+    strategy = CompressionStrategy(FedAvg(), "fp32", Q4)
+    _send(strategy, _arrays(0))
+    clients = [(_arrays(i), n) for i, n in enumerate([10, 30, 60], start=1)]
+    replies = [_reply(a, n, src=i + 1, codec=Q4) for i, (a, n) in enumerate(clients)]
+    dequantized = [
+        (decode_blob(record_to_blob(r.content["arrays"])), n)
+        for r, (_, n) in zip(replies, clients, strict=True)
+    ]
+    got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+    for key, value in _weighted_mean(dequantized).items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6)
+    # and 4 bits really lost information: the dequantized mean is not the fp32 mean
+    assert not np.allclose(got["a"], _weighted_mean(clients)["a"], atol=1e-4)
+
+
+def test_updates_are_applied_to_exactly_what_the_clients_received() -> None:
+    strategy = CompressionStrategy(FedAvg(), codec_spec(8), "fp32", reply="update")
+    received = _send(strategy, _arrays(0, scale=3.0))  # 8-bit downlink: lossy
+    updates = [(_arrays(i, scale=0.01), n) for i, n in ((1, 1), (2, 3))]
+    replies = [_reply(u, n, i + 1, "fp32", mode="update") for i, (u, n) in enumerate(updates)]
+    got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+    mean_update = _weighted_mean(updates)
+    for key in received:
+        np.testing.assert_allclose(got[key], received[key] + mean_update[key], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    ["codec", "mode", "shape"],
+)
+def test_a_bad_reply_is_dropped_and_the_rest_aggregate_exactly(corrupt: str) -> None:
+    strategy = CompressionStrategy(FedAvg(), "fp32", Q4)
+    _send(strategy, _arrays(0))
+    good = [(_arrays(1), 10), (_arrays(2), 30)]
+    replies = [_reply(a, n, src=i + 1, codec=Q4) for i, (a, n) in enumerate(good)]
+    expected = _weighted_mean(
+        [
+            (decode_blob(record_to_blob(r.content["arrays"])), n)
+            for r, (_, n) in zip(replies, good, strict=True)
+        ]
+    )
+    if corrupt == "codec":
+        bad = _reply(_arrays(3), 1000, src=9, codec="fp32")
+    elif corrupt == "mode":
+        bad = _reply(_arrays(3), 1000, src=9, codec=Q4, mode="update")
+    else:
+        wrong = _arrays(3)
+        wrong["a"] = wrong["a"][:2]
+        bad = _reply(wrong, 1000, src=9, codec=Q4)
+    got = record_to_numpy(strategy.aggregate_train(1, [*replies, bad])[0])
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6)
     assert strategy.take_round_metrics()["failed_replies"] == 1
 
 
-def test_presets_cover_the_baselines() -> None:
+def test_presets_cover_the_baselines_and_flocora() -> None:
     assert PRESETS["fedavg"].lora is False and PRESETS["fedlora"].lora is True
-    strategy = build_strategy("fedlora", fraction_train=0.5, fraction_evaluate=0.0)
+    strategy = build_strategy("fedlora", fraction_train=0.5, fraction_evaluate=0.1)
     assert isinstance(strategy.strategy, FedAvg) and strategy.strategy.fraction_train == 0.5
-
-
-def test_downlink_messages_carry_the_codec_header_and_reply_codec() -> None:
-    strategy = CompressionStrategy(FedAvg(), "fp32", "fp32")
-    content = RecordDict(
-        {"arrays": numpy_to_record(OrderedDict(_arrays(0))), "config": ConfigRecord({"lr": 0.1})}
+    assert strategy.uplink == "fp32" and strategy.downlink.spec == "fp32"
+    flocora = build_strategy(
+        "flocora", 1.0, 0.1, WireSettings(quant_bits=2, quant_bits_down=8, update=False)
     )
-    messages = strategy._encode([make_message(content), make_message(content, dst=8)], "fp32")
+    assert flocora.uplink == codec_spec(2) and flocora.downlink.spec == codec_spec(8)
+    assert flocora.reply == "weights"
+
+
+def test_downlink_is_encoded_once_and_names_the_reply_codec() -> None:
+    strategy = CompressionStrategy(FedAvg(), "fp32", Q4, reply="update", error_feedback=True)
+    content = RecordDict({"arrays": numpy_to_record(_arrays(0)), "config": ConfigRecord({})})
+    messages = strategy._encode([make_message(content), make_message(content, dst=8)], True)
     assert messages[0].content is messages[1].content  # encoded once per round, not per node
     header = messages[0].content[HEADER_KEY]
-    assert header["codec"] == "fp32" and header["reply-codec"] == "fp32"
+    assert header["codec"] == "fp32" and header["reply-codec"] == Q4
+    assert header["reply"] == "update" and header["error-feedback"] is True
+    assert list(messages[0].content["arrays"].keys()) == ["payload"]  # one Array per message

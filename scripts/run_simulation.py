@@ -110,6 +110,17 @@ def run_status(env: dict[str, str], app: Path) -> tuple[str, str]:
     return str(newest.get("status", "unknown")), str(newest.get("status-details", ""))
 
 
+def final_status(env: dict[str, str], app: Path, wait: float = 60.0) -> tuple[str, str]:
+    """Poll until the newest run has a ``finished:*`` status: the stream can end a moment
+    before the SuperLink records the outcome."""
+    deadline = time.time() + wait
+    status, details = run_status(env, app)
+    while not status.startswith("finished") and time.time() < deadline:
+        time.sleep(1.0)
+        status, details = run_status(env, app)
+    return status, details
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supernodes", type=int, default=10)
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         code = subprocess.run(cmd, env=env, check=False).returncode
-        status, details = run_status(env, args.app)
+        status, details = final_status(env, args.app)
         print(f"[flora] run status: {status}", flush=True)
         if status != "finished:completed":
             print(f"[flora] run did not complete: {details}", flush=True)

@@ -7,8 +7,9 @@ knowledge:
     b"FLC1" | uint32 LE header length | zlib(JSON header) | body
 
 The header lists, per tensor, ``[name, shape, kind, *params]``; the body holds the tensors in
-that order. Kinds: ``f32`` / ``f16`` (raw little-endian), ``q`` (affine: per-row scale and
-offset in the metadata dtype, then the codes bit-packed). Lengths follow from the header, so
+that order. Kinds: ``f32`` / ``f16`` (raw little-endian), ``q`` (affine: with fp16 metadata an
+fp32 unit first, then per-row scale and offset in the metadata dtype, then the codes
+bit-packed). Lengths follow from the header, so
 the decoder checks the exact body length *before* allocating anything.
 
 Codec names (the ``spec`` a message header carries): ``fp32``, ``fp16``,
@@ -68,7 +69,8 @@ class Entry:
             return 0
         channels = channels_of(self.shape, self.per_channel)
         meta_size = np.dtype(META_DTYPES[self.meta]).itemsize
-        return 2 * channels * meta_size + packed_size(n, self.bits)
+        unit = 4 if self.meta == "f16" else 0
+        return unit + 2 * channels * meta_size + packed_size(n, self.bits)
 
     def to_json(self) -> list:
         line: list = [self.name, list(self.shape), self.kind]
@@ -162,14 +164,17 @@ class AffineCodec(Codec):
             return Entry(name, shape, "f32"), x.astype("<f4").tobytes()
         meta = _META_NAMES[self.meta]
         try:
-            q, scale, offset = quantize(x, self.bits, self.per_channel, meta)
+            q, scale, offset, unit = quantize(x, self.bits, self.per_channel, meta)
         except OverflowError:
-            if meta == "f32":
+            try:  # fp16 metadata cannot hold this range; fp32 may
+                meta = "f32"
+                q, scale, offset, unit = quantize(x, self.bits, self.per_channel, meta)
+            except OverflowError:
                 raise CodecError(f"tensor {name!r}: value range too large to quantize") from None
-            meta = "f32"  # fp16 metadata cannot hold this range; fp32 can
-            q, scale, offset = quantize(x, self.bits, self.per_channel, meta)
         le = np.dtype(META_DTYPES[meta]).newbyteorder("<")
-        body = scale.astype(le).tobytes() + offset.astype(le).tobytes() + pack_bits(q, self.bits)
+        head = struct.pack("<f", unit) if meta == "f16" else b""
+        body = head + scale.astype(le).tobytes() + offset.astype(le).tobytes()
+        body += pack_bits(q, self.bits)
         return Entry(name, shape, "q", self.bits, self.per_channel, meta), body
 
     def accepts(self, entry: Entry) -> bool:
@@ -303,10 +308,16 @@ def _decode_entry(e: Entry, chunk: memoryview) -> np.ndarray:
         return np.zeros(e.shape, np.float32)
     channels = channels_of(e.shape, e.per_channel)
     meta = np.dtype(META_DTYPES[e.meta]).newbyteorder("<")
+    unit = 1.0
+    if e.meta == "f16":
+        (unit,) = struct.unpack("<f", chunk[:4])
+        chunk = chunk[4:]
+        if not (np.isfinite(unit) and unit > 0):
+            raise CodecError(f"tensor {e.name!r}: non-finite or non-positive metadata unit")
     m = channels * meta.itemsize
     scale = np.frombuffer(chunk[:m], dtype=meta)
     offset = np.frombuffer(chunk[m : 2 * m], dtype=meta)
     if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(offset)) and np.all(scale >= 0)):
         raise CodecError(f"tensor {e.name!r}: non-finite or negative scale/offset")
     q = unpack_bits(chunk[2 * m :], e.bits, e.numel).reshape(channels, -1)
-    return dequantize(q, scale, offset, e.shape)
+    return dequantize(q, scale, offset, e.shape, unit)

@@ -5,10 +5,10 @@ strategy, lets it sample nodes and aggregate, and only transforms what crosses t
 client-side twin is ``strategies.mod.compression_mod``.
 
 Down: the inner strategy's messages get their ArrayRecords encoded once per round with the
-downlink codec, and the wrapper keeps the *decoded* downlink, i.e. exactly what clients
-received. Up: each reply is decoded (checking codec, names and shapes against what was sent);
-an update is added back to what that client received, so the inner strategy always aggregates
-plain weights, as it would without compression.
+downlink codec. Up: each reply is decoded (checking codec, names and shapes against what was
+sent); an update is added to the server's dense global adapters, as FLASC does, so the inner
+strategy always aggregates plain weights and a lossy downlink never accumulates its error into
+the global model.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.codecs import CodecError, decode_blob, get_codec
+from strategies.codecs import CodecError, get_codec
 from strategies.wire import (
     HEADER_KEY,
     REPLY,
@@ -62,7 +62,7 @@ class CompressionStrategy(Strategy):
         self.uplink = get_codec(uplink).spec
         self.reply = reply
         self.error_feedback = error_feedback
-        self._sent: OrderedDict[str, np.ndarray] | None = None
+        self._global: OrderedDict[str, np.ndarray] | None = None
         self._round_metrics: dict[str, float] = {}
         self._evaluate_contents: list[RecordDict] = []
 
@@ -116,10 +116,7 @@ class CompressionStrategy(Strategy):
         out = RecordDict()
         for key, record in content.items():
             if isinstance(record, ArrayRecord):
-                blob = self.downlink.encode(record_to_numpy(record))
-                if train:
-                    self._sent = decode_blob(blob)  # exactly what the clients will hold
-                out[key] = blob_to_record(blob)
+                out[key] = blob_to_record(self.downlink.encode(record_to_numpy(record)))
             else:
                 out[key] = record
         fields = (
@@ -133,6 +130,7 @@ class CompressionStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._global = record_to_numpy(arrays)  # the dense global, for shapes and updates
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
         return self._encode(messages, train=True)
 
@@ -148,15 +146,15 @@ class CompressionStrategy(Strategy):
         mode = header.get(REPLY) if header is not None else None
         if mode != self.reply:
             raise CodecError(f"reply mode {mode!r} differs from the requested {self.reply!r}")
-        if self._sent is None:
+        if self._global is None:
             raise CodecError("reply to a round this server did not send")
-        shapes = {k: v.shape for k, v in self._sent.items()}
+        shapes = {k: v.shape for k, v in self._global.items()}
         content = decode_content(msg.content, expected_codec=self.uplink, expected_shapes=shapes)
         if self.reply == "update":
             for key, record in list(content.array_records.items()):
                 update = record_to_numpy(record)
                 content[key] = numpy_to_record(
-                    OrderedDict((k, self._sent[k] + update[k]) for k in self._sent)
+                    OrderedDict((k, self._global[k] + update[k]) for k in self._global)
                 )
         return content
 

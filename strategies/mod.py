@@ -84,7 +84,8 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
             raise CodecError("reply tensors differ from the received ones; cannot form an update")
         value = OrderedDict((k, trained[k] - received[k]) for k in trained)
     use_feedback = bool(header.get(ERROR_FEEDBACK, False))
-    if use_feedback and (residual := _residual(context, value)) is not None:
+    carried = use_feedback and (residual := _residual(context, value)) is not None
+    if carried:
         value = OrderedDict((k, v + residual[k]) for k, v in value.items())
     blob = codec.encode(value)
     if use_feedback:
@@ -98,4 +99,6 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     for metrics in reply.content.metric_records.values():
         metrics["codec-seconds"] = codec_seconds
         metrics["client-seconds"] = time.perf_counter() - entered
+        if use_feedback:
+            metrics["residual-carried"] = float(carried)
     return reply

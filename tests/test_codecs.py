@@ -41,6 +41,16 @@ def test_three_bit_values_straddle_byte_boundaries() -> None:
     assert pack_bits(np.array([5, 3, 7], np.uint8), 3) == bytes([0b10101111, 0b10000000])
 
 
+def _scales_sent(blob: bytes, shape: tuple, per_channel: bool) -> np.ndarray:
+    """The real per-row scales in a one-tensor blob (fp16 ones times their fp32 unit)."""
+    entries, start = read_header(blob)
+    c = channels_of(shape, per_channel)
+    if entries[0].meta == "f16":
+        unit = float(np.frombuffer(blob[start : start + 4], "<f4")[0])
+        return np.frombuffer(blob[start + 4 : start + 4 + 2 * c], "<f2").astype(np.float64) * unit
+    return np.frombuffer(blob[start : start + 4 * c], "<f4").astype(np.float64)
+
+
 def _tensors(max_dims: int = 4):
     shapes = hnp.array_shapes(min_dims=1, max_dims=max_dims, min_side=1, max_side=6)
     magnitude = st.sampled_from([1e-30, 1e-6, 1.0, 1e3, 1e30])
@@ -62,14 +72,11 @@ def test_every_element_is_within_half_a_step_of_the_scale_sent(x, bits, per_chan
     codec = AffineCodec(bits, per_channel=per_channel, meta=meta, keep_1d=False)
     blob = codec.encode({"t": x})
     got = decode_blob(blob, accept=codec)["t"]
-    entries, start = read_header(blob)
-    entry = entries[0]
+    scale = _scales_sent(blob, x.shape, per_channel)
     c = channels_of(x.shape, per_channel)
-    dtype = np.float16 if entry.meta == "f16" else np.float32
-    scale = np.frombuffer(blob[start : start + c * np.dtype(dtype).itemsize], dtype=dtype)
     rows_err = np.abs(got.astype(np.float64) - x.astype(np.float64)).reshape(c, -1)
     eps = np.finfo(np.float32).eps * np.abs(x.astype(np.float64)).reshape(c, -1).max(axis=1)
-    bound = scale.astype(np.float64) / 2 + 2 * eps + 1e-45
+    bound = scale / 2 + 2 * eps + 1e-45
     assert np.all(rows_err.max(axis=1) <= bound)
 
 
@@ -92,9 +99,9 @@ def test_constant_single_and_empty_tensors_round_trip(bits: int, per_channel: bo
 
 def test_per_channel_scales_follow_dim_zero() -> None:
     x = np.stack([np.linspace(0, 1, 8), np.linspace(0, 100, 8)]).astype(np.float32)
-    q, scale, _ = quantize(x, 4, per_channel=True, meta="f32")
+    q, scale, _, _ = quantize(x, 4, per_channel=True, meta="f32")
     assert q.shape == (2, 8) and scale[1] > 50 * scale[0]
-    _, scale_t, _ = quantize(x, 4, per_channel=False, meta="f32")
+    _, scale_t, _, _ = quantize(x, 4, per_channel=False, meta="f32")
     assert scale_t.shape == (1,)
 
 
@@ -119,23 +126,37 @@ def test_sizes_are_what_the_bits_promise() -> None:
     assert body(FloatCodec("f32")) == 4 * n
     assert body(FloatCodec("f16")) == 2 * n
     assert body(AffineCodec(4, meta="fp32")) == n // 2 + 64 * 8  # codes + scale/offset per row
-    assert body(AffineCodec(4, meta="fp16")) == n // 2 + 64 * 4
-    assert body(AffineCodec(3, meta="fp16")) == -(-n * 3 // 8) + 64 * 4
+    assert body(AffineCodec(4, meta="fp16")) == n // 2 + 64 * 4 + 4  # + one fp32 unit
+    assert body(AffineCodec(3, meta="fp16")) == -(-n * 3 // 8) + 64 * 4 + 4
 
 
-def test_fp16_metadata_falls_back_to_fp32_for_huge_ranges() -> None:
-    x = OrderedDict(w=np.array([[1e6, -1e6], [0, 1]], np.float32))
-    codec = AffineCodec(8, meta="fp16")
-    blob = codec.encode(x)
-    assert read_header(blob)[0][0].meta == "f32"
-    got = decode_blob(blob, accept=codec)["w"]
-    assert np.abs(got - x["w"]).max() <= 2e6 / 255
+@pytest.mark.parametrize("magnitude", [1e-7, 1e-3, 1.0, 1e4])
+def test_fp16_metadata_keeps_its_precision_at_any_magnitude(magnitude: float) -> None:
+    """Scales sent in fp16 (relative to an fp32 unit) are within 0.2 % of the ideal ones.
+
+    Updates of 1e-7 would be fp16 subnormals with a few bits of precision without the unit.
+    """
+    x = (np.random.default_rng(0).normal(size=(32, 16)) * magnitude).astype(np.float32)
+    blob = AffineCodec(4, meta="fp16").encode({"w": x})
+    assert read_header(blob)[0][0].meta == "f16"
+    ideal = (x.max(axis=1).astype(np.float64) - x.min(axis=1)) / 15
+    sent = _scales_sent(blob, x.shape, True)
+    assert np.all(sent >= ideal * (1 - 1e-6)) and np.all(sent <= ideal * 1.002 + 1e-45)
+
+
+def test_ranges_too_large_for_any_metadata_are_refused() -> None:
+    x = np.array([[-3e38, 3e38]], np.float32)
+    with pytest.raises(CodecError, match="too large"):
+        AffineCodec(1, meta="fp16").encode({"w": x})
 
 
 def _blob() -> bytes:
     return AffineCodec(4).encode(
         OrderedDict(a=np.ones((4, 3), np.float32) * np.arange(3), b=np.ones(2, np.float32))
     )
+
+
+_F32_ONE = struct.pack("<f", 1.0)
 
 
 def _with_header(lines: list, body: bytes = b"") -> bytes:
@@ -158,7 +179,11 @@ def _with_header(lines: list, body: bytes = b"") -> bytes:
         (_with_header([["a", [2**40], "f32"]]), "not a list of sizes"),
         (_with_header([["a", [1], "f32"], ["a", [1], "f32"]], b"\0" * 8), "duplicate"),
         (_with_header([["a", [2, 2], "q", 9, "c", "f16"]]), "quantization parameters"),
-        (_with_header([["a", [1, 1], "q", 4, "c", "f16"]], b"\0\x7c\0\0\0"), "non-finite"),
+        (
+            _with_header([["a", [1, 1], "q", 4, "c", "f16"]], _F32_ONE + b"\0\x7c\0\0\0"),
+            "non-finite",
+        ),
+        (_with_header([["a", [1, 1], "q", 4, "c", "f16"]], b"\0\0\xc0\x7f" + b"\0" * 5), "unit"),
     ],
 )
 def test_hostile_payloads_are_refused_with_a_clear_error(blob: bytes, match: str) -> None:

@@ -110,8 +110,8 @@ def test_flocora_sends_quantized_updates_and_fewer_bytes(tmp_path: Path) -> None
     """flocora at 4 bits up and 8 bits down through a real flwr run, against the fp32 sizes."""
     run_dir, log = _run(
         tmp_path,
-        "strategy='flocora' quant-bits=4 quant-bits-down=8 model='cnn' model-width=16 "
-        "lora-r=4 lora-alpha=64.0 num-server-rounds=2 local-epochs=1 fraction-train=1.0",
+        "strategy='flocora' quant-bits=4 quant-bits-down=8 model='cnn' model-width=128 "
+        "lora-r=16 lora-alpha=256.0 num-server-rounds=2 local-epochs=1 fraction-train=1.0",
         supernodes=2,
     )
     assert "uplink affine:bits=4:gran=channel:meta=fp16 (update)" in log

@@ -25,6 +25,10 @@ from tests.conftest import make_message
 Q4 = codec_spec(4)
 
 
+def _fedavg() -> FedAvg:
+    return FedAvg(min_available_nodes=1, min_train_nodes=1)
+
+
 def _arrays(seed: int, scale: float = 1.0) -> OrderedDict:
     rng = np.random.default_rng(seed)
     return OrderedDict(
@@ -34,12 +38,21 @@ def _arrays(seed: int, scale: float = 1.0) -> OrderedDict:
     )
 
 
+class _OneNodeGrid:
+    """Just enough of a Grid for FedAvg's sampling; messages are built, not sent."""
+
+    def get_node_ids(self) -> list[int]:
+        return [7]
+
+
 def _send(strategy: CompressionStrategy, global_arrays: OrderedDict) -> OrderedDict:
-    """Run the downlink once; return what clients receive (decoded)."""
-    content = RecordDict(
-        {"arrays": numpy_to_record(global_arrays), "config": ConfigRecord({"lr": 0.1})}
+    """Run the real configure_train once; return what the client receives (decoded)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    (msg,) = strategy.configure_train(
+        1, numpy_to_record(global_arrays), ConfigRecord({"lr": 0.1}), _OneNodeGrid()
     )
-    (msg,) = strategy._encode([make_message(content)], train=True)
     return decode_blob(record_to_blob(msg.content["arrays"]))
 
 
@@ -57,7 +70,7 @@ def _weighted_mean(clients: list[tuple[OrderedDict, int]]) -> dict:
 
 
 def test_fp32_aggregate_is_the_example_weighted_mean() -> None:
-    strategy = CompressionStrategy(FedAvg(), "fp32", "fp32")
+    strategy = CompressionStrategy(_fedavg(), "fp32", "fp32")
     _send(strategy, _arrays(0))
     clients = [(_arrays(i), n) for i, n in enumerate([10, 30, 60], start=1)]
     replies = [_reply(a, n, src=i + 1, codec="fp32") for i, (a, n) in enumerate(clients)]
@@ -67,7 +80,7 @@ def test_fp32_aggregate_is_the_example_weighted_mean() -> None:
 
 
 def test_quantized_replies_aggregate_to_the_mean_of_their_dequantized_tensors() -> None:
-    strategy = CompressionStrategy(FedAvg(), "fp32", Q4)
+    strategy = CompressionStrategy(_fedavg(), "fp32", Q4)
     _send(strategy, _arrays(0))
     clients = [(_arrays(i), n) for i, n in enumerate([10, 30, 60], start=1)]
     replies = [_reply(a, n, src=i + 1, codec=Q4) for i, (a, n) in enumerate(clients)]
@@ -82,15 +95,19 @@ def test_quantized_replies_aggregate_to_the_mean_of_their_dequantized_tensors() 
     assert not np.allclose(got["a"], _weighted_mean(clients)["a"], atol=1e-4)
 
 
-def test_updates_are_applied_to_exactly_what_the_clients_received() -> None:
-    strategy = CompressionStrategy(FedAvg(), codec_spec(8), "fp32", reply="update")
-    received = _send(strategy, _arrays(0, scale=3.0))  # 8-bit downlink: lossy
+def test_updates_are_applied_to_the_dense_global_not_the_lossy_downlink() -> None:
+    strategy = CompressionStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1), codec_spec(8), "fp32", reply="update"
+    )
+    dense = _arrays(0, scale=3.0)
+    received = _send(strategy, dense)  # 8-bit downlink: lossy
+    assert not np.allclose(received["a"], dense["a"], atol=1e-4)
     updates = [(_arrays(i, scale=0.01), n) for i, n in ((1, 1), (2, 3))]
     replies = [_reply(u, n, i + 1, "fp32", mode="update") for i, (u, n) in enumerate(updates)]
     got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
     mean_update = _weighted_mean(updates)
-    for key in received:
-        np.testing.assert_allclose(got[key], received[key] + mean_update[key], atol=1e-6)
+    for key in dense:
+        np.testing.assert_allclose(got[key], dense[key] + mean_update[key], atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +115,7 @@ def test_updates_are_applied_to_exactly_what_the_clients_received() -> None:
     ["codec", "mode", "shape"],
 )
 def test_a_bad_reply_is_dropped_and_the_rest_aggregate_exactly(corrupt: str) -> None:
-    strategy = CompressionStrategy(FedAvg(), "fp32", Q4)
+    strategy = CompressionStrategy(_fedavg(), "fp32", Q4)
     _send(strategy, _arrays(0))
     good = [(_arrays(1), 10), (_arrays(2), 30)]
     replies = [_reply(a, n, src=i + 1, codec=Q4) for i, (a, n) in enumerate(good)]

@@ -1,7 +1,7 @@
 """CIFAR-style ResNets and a tiny CNN, with base weights that are a pure function of the seed.
 
-torchvision is not importable on these machines (see design.md), and the CIFAR variants differ
-from torchvision's anyway (3x3 stem, no max-pool), so the architectures are written here.
+torchvision is not importable on these machines (see design.md), and its ResNets are the
+ImageNet variants anyway (7x7 stem, max-pool), so the CIFAR architectures are written here.
 Every participant rebuilds the same frozen base from the seed, as FLoCoRA does; only adapters
 travel, and ``base_fingerprint`` lets a client prove it rebuilt the same base as the server.
 """

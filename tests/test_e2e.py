@@ -89,7 +89,7 @@ def test_fedavg_sends_the_whole_model(tmp_path: Path) -> None:
     run_dir, _ = _run(
         tmp_path,
         "strategy='fedavg' model='cnn' model-width=16 num-server-rounds=2 "
-        "local-epochs=1 fraction-train=1.0 fraction-evaluate=0.0",
+        "local-epochs=1 fraction-train=1.0 fraction-evaluate=0.5",
         supernodes=2,
     )
     config = json.loads((run_dir / "config.json").read_text())

@@ -12,8 +12,12 @@ fp32 unit first, then per-row scale and offset in the metadata dtype, then the c
 bit-packed). Lengths follow from the header, so
 the decoder checks the exact body length *before* allocating anything.
 
+``s`` (sparse: k kept entries, their indices as a bitmap or gap-coded varints, then their
+values as ``f32``, ``f16`` or per-tensor affine ``q``).
+
 Codec names (the ``spec`` a message header carries): ``fp32``, ``fp16``,
-``affine:bits=<1..8>:gran=<channel|tensor>:meta=<fp16|fp32>``.
+``affine:bits=<1..8>:gran=<channel|tensor>:meta=<fp16|fp32>``,
+``topk:density=<(0,1]>:scope=<global|tensor>:values=<32|16|1..8>``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ import numpy as np
 
 from strategies.bitpack import pack_bits, packed_size, unpack_bits
 from strategies.quantize import META_DTYPES, channels_of, dequantize, quantize
+from strategies.sparse import (
+    SparseIndexError,
+    decode_indices,
+    encode_indices,
+    keep_count,
+    top_k,
+)
 
 MAGIC = b"FLC1"
 MAX_HEADER_BYTES = 1 << 20  # decompressed; a ResNet-18 header is a few KB
@@ -49,10 +60,14 @@ class Entry:
 
     name: str
     shape: tuple[int, ...]
-    kind: str  # "f32" | "f16" | "q"
+    kind: str  # "f32" | "f16" | "q" | "s"
     bits: int = 0
     per_channel: bool = False
     meta: str = "f32"
+    k: int = 0  # sparse: kept entries
+    index: str = ""  # sparse: "b" bitmap | "g" gaps
+    index_bytes: int = 0
+    values: str = ""  # sparse: "f32" | "f16" | "q"
 
     @property
     def numel(self) -> int:
@@ -60,23 +75,72 @@ class Entry:
 
     def body_size(self) -> int:
         """Bytes this tensor occupies in the body."""
-        n = self.numel
-        if self.kind == "f32":
-            return 4 * n
-        if self.kind == "f16":
-            return 2 * n
-        if n == 0:
-            return 0
+        if self.kind == "s":
+            return self.index_bytes + _values_size(self.values, self.k, 1, self.bits, self.meta)
         channels = channels_of(self.shape, self.per_channel)
-        meta_size = np.dtype(META_DTYPES[self.meta]).itemsize
-        unit = 4 if self.meta == "f16" else 0
-        return unit + 2 * channels * meta_size + packed_size(n, self.bits)
+        return _values_size(self.kind, self.numel, channels, self.bits, self.meta)
 
     def to_json(self) -> list:
         line: list = [self.name, list(self.shape), self.kind]
         if self.kind == "q":
             line += [self.bits, "c" if self.per_channel else "t", self.meta]
+        if self.kind == "s":
+            line += [self.k, self.index, self.index_bytes, self.values, self.bits, self.meta]
         return line
+
+
+def _values_size(kind: str, n: int, channels: int, bits: int, meta: str) -> int:
+    """Body bytes of n values stored as f32, f16 or affine q (``channels`` scale rows)."""
+    if kind == "f32":
+        return 4 * n
+    if kind == "f16":
+        return 2 * n
+    if n == 0:
+        return 0
+    meta_size = np.dtype(META_DTYPES[meta]).itemsize
+    unit = 4 if meta == "f16" else 0
+    return unit + 2 * channels * meta_size + packed_size(n, bits)
+
+
+def _affine_body(
+    name: str, x: np.ndarray, bits: int, per_channel: bool, meta: str
+) -> tuple[str, bytes]:
+    """(metadata dtype used, body) of an affine-quantized tensor; fp16 falls back to fp32."""
+    try:
+        q, scale, offset, unit = quantize(x, bits, per_channel, meta)
+    except OverflowError:
+        try:
+            meta = "f32"
+            q, scale, offset, unit = quantize(x, bits, per_channel, meta)
+        except OverflowError:
+            raise CodecError(f"tensor {name!r}: value range too large to quantize") from None
+    le = np.dtype(META_DTYPES[meta]).newbyteorder("<")
+    head = struct.pack("<f", unit) if meta == "f16" else b""
+    body = head + scale.astype(le).tobytes() + offset.astype(le).tobytes()
+    return meta, body + pack_bits(q, bits)
+
+
+def _affine_values(
+    name: str, chunk: memoryview, shape: tuple[int, ...], channels: int, bits: int, meta: str
+) -> np.ndarray:
+    """Inverse of ``_affine_body``, validating the metadata."""
+    n = prod(shape)
+    if n == 0:
+        return np.zeros(shape, np.float32)
+    dtype = np.dtype(META_DTYPES[meta]).newbyteorder("<")
+    unit = 1.0
+    if meta == "f16":
+        (unit,) = struct.unpack("<f", chunk[:4])
+        chunk = chunk[4:]
+        if not (np.isfinite(unit) and unit > 0):
+            raise CodecError(f"tensor {name!r}: non-finite or non-positive metadata unit")
+    m = channels * dtype.itemsize
+    scale = np.frombuffer(chunk[:m], dtype=dtype)
+    offset = np.frombuffer(chunk[m : 2 * m], dtype=dtype)
+    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(offset)) and np.all(scale >= 0)):
+        raise CodecError(f"tensor {name!r}: non-finite or negative scale/offset")
+    q = unpack_bits(chunk[2 * m :], bits, n).reshape(channels, -1)
+    return dequantize(q, scale, offset, shape, unit)
 
 
 class Codec(ABC):
@@ -88,21 +152,30 @@ class Codec(ABC):
         """The name a message header carries for this codec."""
 
     @abstractmethod
-    def _encode_tensor(self, name: str, x: np.ndarray) -> tuple[Entry, bytes]:
-        """Header entry and body bytes of one tensor."""
+    def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
+        """Header entry and body bytes of one tensor (``plan``: see ``_plan``)."""
 
     @abstractmethod
     def accepts(self, entry: Entry) -> bool:
         """Whether a received entry is one this codec could have produced."""
 
+    def accepts_message(self, entries: list[Entry]) -> bool:
+        """Whether the entries together are a message this codec could have produced."""
+        return True
+
+    def _plan(self, tensors: Mapping[str, np.ndarray]) -> object:
+        """Decisions that need the whole message (e.g. a global top-k); None by default."""
+        return None
+
     def encode(self, tensors: Mapping[str, np.ndarray]) -> bytes:
         """The blob for these tensors, in their order."""
+        for name, value in tensors.items():
+            if np.asarray(value).size and not np.all(np.isfinite(value)):
+                raise CodecError(f"tensor {name!r} contains NaN or Inf")
+        plan = self._plan(tensors)
         entries, bodies = [], []
         for name, value in tensors.items():
-            x = np.asarray(value)
-            if x.size and not np.all(np.isfinite(x)):
-                raise CodecError(f"tensor {name!r} contains NaN or Inf")
-            entry, body = self._encode_tensor(name, x)
+            entry, body = self._encode_tensor(name, np.asarray(value), plan)
             entries.append(entry)
             bodies.append(body)
         header = zlib.compress(
@@ -129,7 +202,7 @@ class FloatCodec(Codec):
     def spec(self) -> str:
         return "fp32" if self.dtype == "f32" else "fp16"
 
-    def _encode_tensor(self, name: str, x: np.ndarray) -> tuple[Entry, bytes]:
+    def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
         np_dtype = np.dtype("<f4") if self.dtype == "f32" else np.dtype("<f2")
         with np.errstate(over="ignore"):
             data = x.astype(np_dtype)
@@ -158,23 +231,11 @@ class AffineCodec(Codec):
         gran = "channel" if self.per_channel else "tensor"
         return f"affine:bits={self.bits}:gran={gran}:meta={self.meta}"
 
-    def _encode_tensor(self, name: str, x: np.ndarray) -> tuple[Entry, bytes]:
+    def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
         shape = tuple(int(d) for d in x.shape)
         if x.size == 0 or (self.keep_1d and x.ndim <= 1):
             return Entry(name, shape, "f32"), x.astype("<f4").tobytes()
-        meta = _META_NAMES[self.meta]
-        try:
-            q, scale, offset, unit = quantize(x, self.bits, self.per_channel, meta)
-        except OverflowError:
-            try:  # fp16 metadata cannot hold this range; fp32 may
-                meta = "f32"
-                q, scale, offset, unit = quantize(x, self.bits, self.per_channel, meta)
-            except OverflowError:
-                raise CodecError(f"tensor {name!r}: value range too large to quantize") from None
-        le = np.dtype(META_DTYPES[meta]).newbyteorder("<")
-        head = struct.pack("<f", unit) if meta == "f16" else b""
-        body = head + scale.astype(le).tobytes() + offset.astype(le).tobytes()
-        body += pack_bits(q, self.bits)
+        meta, body = _affine_body(name, x, self.bits, self.per_channel, _META_NAMES[self.meta])
         return Entry(name, shape, "q", self.bits, self.per_channel, meta), body
 
     def accepts(self, entry: Entry) -> bool:
@@ -186,6 +247,89 @@ class AffineCodec(Codec):
             and entry.per_channel == self.per_channel
             and entry.meta in ("f32", _META_NAMES[self.meta])
         )
+
+
+class SparseCodec(Codec):
+    """FLASC's top-k by magnitude at ``density``: one global k over the whole message, or per
+    tensor; exactly k entries survive, the rest decode to zero. Kept values travel as fp32,
+    fp16 or per-tensor affine ``value_bits``; indices as a bitmap or gaps, whichever is smaller
+    for each tensor (recorded per tensor in the header)."""
+
+    def __init__(self, density: float, per_tensor: bool = False, value_bits: int = 32) -> None:
+        if not 0.0 < density <= 1.0:
+            raise CodecError(f"top-k density = {density!r}: expected a number in (0, 1]")
+        if value_bits not in (32, 16, *range(1, 9)):
+            raise CodecError(f"top-k values = {value_bits!r}: expected 32, 16 or 1..8")
+        self.density, self.per_tensor, self.value_bits = density, per_tensor, value_bits
+
+    @property
+    def spec(self) -> str:
+        scope = "tensor" if self.per_tensor else "global"
+        return f"topk:density={self.density!r}:scope={scope}:values={self.value_bits}"
+
+    def _values_kind(self) -> str:
+        return {32: "f32", 16: "f16"}.get(self.value_bits, "q")
+
+    def _plan(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = list(tensors)
+        if self.per_tensor:
+            return {
+                n: top_k(tensors[n], keep_count(np.asarray(tensors[n]).size, self.density))
+                for n in names
+            }
+        sizes = [np.asarray(tensors[n]).size for n in names]
+        flat = np.concatenate(
+            [np.asarray(tensors[n], np.float32).reshape(-1) for n in names]
+            or [np.zeros(0, np.float32)]
+        )
+        chosen = top_k(flat, keep_count(flat.size, self.density))
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        cut = np.searchsorted(chosen, bounds)
+        return {n: chosen[cut[i] : cut[i + 1]] - bounds[i] for i, n in enumerate(names)}
+
+    def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
+        shape = tuple(int(d) for d in x.shape)
+        indices = plan[name]  # type: ignore[index]
+        index_kind, index_body = encode_indices(indices, x.size)
+        kept = x.reshape(-1)[indices].astype(np.float32)
+        kind, meta = self._values_kind(), "f32"
+        if kind == "f32":
+            body = kept.astype("<f4").tobytes()
+        elif kind == "f16":
+            with np.errstate(over="ignore"):
+                half = kept.astype("<f2")
+            if not np.all(np.isfinite(half)):
+                raise CodecError(f"tensor {name!r} overflows fp16 values")
+            body = half.tobytes()
+        elif kept.size:
+            meta, body = _affine_body(name, kept, self.value_bits, False, "f16")
+        else:
+            body = b""
+        entry = Entry(
+            name,
+            shape,
+            "s",
+            self.value_bits if kind == "q" else 0,
+            False,
+            meta,
+            k=int(indices.size),
+            index=index_kind,
+            index_bytes=len(index_body),
+            values=kind,
+        )
+        return entry, index_body + body
+
+    def accepts(self, entry: Entry) -> bool:
+        if entry.kind != "s" or entry.values != self._values_kind() or entry.k > entry.numel:
+            return False
+        if entry.values == "q" and entry.bits != self.value_bits:
+            return False
+        return not self.per_tensor or entry.k == keep_count(entry.numel, self.density)
+
+    def accepts_message(self, entries: list[Entry]) -> bool:
+        if self.per_tensor:
+            return True
+        return sum(e.k for e in entries) == keep_count(sum(e.numel for e in entries), self.density)
 
 
 def get_codec(spec: str) -> Codec:
@@ -205,11 +349,25 @@ def get_codec(spec: str) -> Codec:
         if params or gran not in ("channel", "tensor"):
             raise CodecError(f"malformed codec {spec!r}")
         return AffineCodec(bits, per_channel=gran == "channel", meta=meta)
-    raise CodecError(f"unknown codec {spec!r}: expected fp32, fp16 or affine:bits=B:gran=G:meta=M")
+    if spec.startswith("topk:"):
+        try:
+            params = dict(part.split("=", 1) for part in spec.split(":")[1:])
+            density = float(params.pop("density"))
+            scope = params.pop("scope")
+            values = int(params.pop("values"))
+        except (KeyError, ValueError):
+            raise CodecError(f"malformed codec {spec!r}") from None
+        if params or scope not in ("global", "tensor"):
+            raise CodecError(f"malformed codec {spec!r}")
+        return SparseCodec(density, per_tensor=scope == "tensor", value_bits=values)
+    raise CodecError(
+        f"unknown codec {spec!r}: expected fp32, fp16, affine:bits=B:gran=G:meta=M or "
+        "topk:density=D:scope=S:values=V"
+    )
 
 
 def _parse_entry(line: object) -> Entry:
-    if not isinstance(line, list) or len(line) not in (3, 6):
+    if not isinstance(line, list) or len(line) not in (3, 6, 9):
         raise CodecError("malformed tensor entry in header")
     name, shape, kind = line[0], line[1], line[2]
     if not isinstance(name, str) or not isinstance(shape, list) or len(shape) > MAX_DIMS:
@@ -225,6 +383,36 @@ def _parse_entry(line: object) -> Entry:
         if meta not in META_DTYPES:
             raise CodecError(f"tensor {name!r}: unknown metadata dtype {meta!r}")
         return Entry(name, tuple(shape), "q", bits, gran == "c", meta)
+    if kind == "s" and len(line) == 9:
+        k, index, index_bytes, values, bits, meta = line[3:]
+        n = prod(shape)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (k, index_bytes, bits))
+        if (
+            not ints
+            or not 0 <= k <= n
+            or index not in ("b", "g")
+            or values not in ("f32", "f16", "q")
+        ):
+            raise CodecError(f"tensor {name!r}: bad sparse parameters")
+        bitmap = (n + 7) // 8
+        if (index == "b" and index_bytes != bitmap) or (
+            index == "g" and not k <= index_bytes <= min(bitmap, 10 * k)
+        ):
+            raise CodecError(f"tensor {name!r}: index section of {index_bytes} bytes is impossible")
+        if (values == "q" and not 1 <= bits <= 8) or meta not in META_DTYPES:
+            raise CodecError(f"tensor {name!r}: bad sparse value parameters")
+        return Entry(
+            name,
+            tuple(shape),
+            "s",
+            bits,
+            False,
+            meta,
+            k=k,
+            index=index,
+            index_bytes=index_bytes,
+            values=values,
+        )
     raise CodecError(f"tensor {name!r}: unknown kind {kind!r}")
 
 
@@ -285,6 +473,8 @@ def decode_blob(
                 raise CodecError(
                     f"tensor {e.name!r} is encoded as {e.to_json()[2:]}, not as {accept.spec} would"
                 )
+        if not accept.accepts_message(entries):
+            raise CodecError(f"message is not one {accept.spec} produces (kept-entry count)")
     need = sum(e.body_size() for e in entries)
     if need != len(blob) - start:
         raise CodecError(f"body is {len(blob) - start} bytes, header describes {need}")
@@ -304,20 +494,16 @@ def _decode_entry(e: Entry, chunk: memoryview) -> np.ndarray:
         return np.frombuffer(chunk, dtype="<f4").astype(np.float32).reshape(e.shape)
     if e.kind == "f16":
         return np.frombuffer(chunk, dtype="<f2").astype(np.float32).reshape(e.shape)
-    if e.numel == 0:
-        return np.zeros(e.shape, np.float32)
-    channels = channels_of(e.shape, e.per_channel)
-    meta = np.dtype(META_DTYPES[e.meta]).newbyteorder("<")
-    unit = 1.0
-    if e.meta == "f16":
-        (unit,) = struct.unpack("<f", chunk[:4])
-        chunk = chunk[4:]
-        if not (np.isfinite(unit) and unit > 0):
-            raise CodecError(f"tensor {e.name!r}: non-finite or non-positive metadata unit")
-    m = channels * meta.itemsize
-    scale = np.frombuffer(chunk[:m], dtype=meta)
-    offset = np.frombuffer(chunk[m : 2 * m], dtype=meta)
-    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(offset)) and np.all(scale >= 0)):
-        raise CodecError(f"tensor {e.name!r}: non-finite or negative scale/offset")
-    q = unpack_bits(chunk[2 * m :], e.bits, e.numel).reshape(channels, -1)
-    return dequantize(q, scale, offset, e.shape, unit)
+    if e.kind == "q":
+        channels = channels_of(e.shape, e.per_channel)
+        return _affine_values(e.name, chunk, e.shape, channels, e.bits, e.meta)
+    try:
+        indices = decode_indices(e.index, chunk[: e.index_bytes], e.numel, e.k)
+    except SparseIndexError as exc:
+        raise CodecError(f"tensor {e.name!r}: {exc}") from None
+    kept = _decode_entry(
+        Entry(e.name, (e.k,), e.values, e.bits, False, e.meta), chunk[e.index_bytes :]
+    )
+    dense = np.zeros(e.numel, dtype=np.float32)
+    dense[indices] = kept
+    return dense.reshape(e.shape)

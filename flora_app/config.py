@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from strategies.presets import PRESETS, QUANT_BITS, WireSettings
+from strategies.presets import (
+    PRESETS,
+    QUANT_BITS,
+    SERVER_OPTIMIZERS,
+    StrategySettings,
+    density_factor,
+)
 
 DATASETS = ("digits", "cifar10", "synthetic")
 PARTITIONERS = ("iid", "dirichlet")
@@ -56,6 +62,14 @@ class FloraConfig:
     quant_meta: str = "fp16"
     quant_update: bool = True
     error_feedback: bool = False
+    density_up: float = 0.1
+    density_down: float = 0.25
+    sparsity_scope: str = "global"
+    sparse_value_bits: int = 32
+    server_optimizer: str = "adam"
+    server_lr: float = 0.02
+    density_schedule: str = "constant"
+    server_eps: float = 1e-8
     output_dir: str = "outputs"
     run_name: str = ""
 
@@ -65,15 +79,23 @@ class FloraConfig:
         return PRESETS[self.strategy].lora
 
     @property
-    def wire(self) -> WireSettings:
-        """The codec settings handed to the strategy presets."""
-        return WireSettings(
+    def strategy_settings(self) -> StrategySettings:
+        """The codec and server-optimizer settings handed to the strategy presets."""
+        return StrategySettings(
             quant_bits=self.quant_bits,
             quant_bits_down=self.quant_bits_down,
             granularity=self.quant_granularity,
             meta=self.quant_meta,
             update=self.quant_update,
             error_feedback=self.error_feedback,
+            density_up=self.density_up,
+            density_down=self.density_down,
+            sparsity_scope=self.sparsity_scope,
+            sparse_value_bits=self.sparse_value_bits,
+            server_optimizer=self.server_optimizer,
+            server_lr=self.server_lr,
+            density_schedule=self.density_schedule,
+            server_eps=self.server_eps,
         )
 
     @classmethod
@@ -101,6 +123,24 @@ class FloraConfig:
         _choice("model", self.model, MODELS)
         _choice("quant-granularity", self.quant_granularity, ("channel", "tensor"))
         _choice("quant-meta", self.quant_meta, ("fp16", "fp32"))
+        _choice("sparsity-scope", self.sparsity_scope, ("global", "tensor"))
+        _choice("server-optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        _open_closed("density-up", self.density_up, 0.0, 1.0)
+        _open_closed("density-down", self.density_down, 0.0, 1.0)
+        _positive("server-lr", self.server_lr)
+        _positive("server-eps", self.server_eps)
+        try:
+            density_factor(self.density_schedule)
+        except ValueError:
+            raise ConfigError(
+                f"run-config 'density-schedule' = {self.density_schedule!r}: expected constant "
+                "or decay:F:N (0 < F <= 1, N >= 1), e.g. decay:0.5:10"
+            ) from None
+        if self.sparse_value_bits not in (32, 16, 8, 4):
+            raise ConfigError(
+                f"run-config 'sparse-value-bits' = {self.sparse_value_bits!r}: "
+                "expected 32, 16, 8 or 4"
+            )
         for key, bits in (
             ("quant-bits", self.quant_bits),
             ("quant-bits-down", self.quant_bits_down),

@@ -11,14 +11,17 @@ import random
 import time
 from logging import ERROR, INFO
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from torch import nn
 
 from flora_app.batchnorm import pool_batchnorm_statistics
 from flora_app.config import ConfigError, FloraConfig
-from flora_app.data import load_dataset
+from flora_app.data import Split, load_dataset
 from flora_app.lora import (
+    ModelSpec,
     base_fingerprint_of,
     base_parameter_count,
     build_trainable,
@@ -31,6 +34,8 @@ from flora_app.metering import MeteredGrid
 from flora_app.results import RunRecorder, make_run_dir
 from flora_app.task import data_spec, model_spec
 from flora_app.training import evaluate
+from strategies.codecs import decode_blob
+from strategies.compression import CompressionStrategy
 from strategies.presets import build_strategy
 from strategies.wire import numpy_to_record, record_to_numpy
 
@@ -60,7 +65,9 @@ def run(grid: Grid, cfg: FloraConfig) -> dict:
     model = build_trainable(spec)
     fingerprint = base_fingerprint_of(spec)
     initial = exchanged_state(model, spec)
-    strategy = build_strategy(cfg.strategy, cfg.fraction_train, cfg.fraction_evaluate, cfg.wire)
+    strategy = build_strategy(
+        cfg.strategy, cfg.fraction_train, cfg.fraction_evaluate, cfg.strategy_settings
+    )
 
     run_dir = make_run_dir(cfg.output_dir, cfg.run_name, cfg.strategy)
     total_params = base_parameter_count(spec)
@@ -85,17 +92,21 @@ def run(grid: Grid, cfg: FloraConfig) -> dict:
         len(initial),
     )
 
+    # With a lossy downlink (sparse or quantized), also score what clients actually receive.
+    received_model = build_trainable(spec) if strategy.downlink.spec != "fp32" else None
     metered = MeteredGrid(grid)
     clock = {"last": time.time()}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        load_exchanged_state(model, spec, record_to_numpy(arrays))
+        dense = record_to_numpy(arrays)
+        load_exchanged_state(model, spec, dense)
         bn_parts = [
             (record_to_numpy(c["bn-stats"]), int(c["metrics"]["bn-examples"]))
             for c in strategy.take_evaluate_contents()
             if "bn-stats" in c and "metrics" in c
         ]
-        load_running_statistics(model, spec, pool_batchnorm_statistics(bn_parts))
+        pooled = pool_batchnorm_statistics(bn_parts)
+        load_running_statistics(model, spec, pooled)
         loss, accuracy = evaluate(model, dataset.test)
         if server_round == 0:
             recorder.record_initial(accuracy, loss)
@@ -117,6 +128,7 @@ def run(grid: Grid, cfg: FloraConfig) -> dict:
             "clients": traffic.get("train_down_messages", 0),
             "replies": traffic.get("train_up_messages", 0),
             "bn_stats_clients": len(bn_parts),
+            **_downlink_accuracy(received_model, strategy, spec, dense, pooled, dataset.test),
             "seconds": now - clock["last"],
             **strategy.take_round_metrics(),
         }
@@ -154,3 +166,21 @@ def run(grid: Grid, cfg: FloraConfig) -> dict:
         run_dir,
     )
     return summary
+
+
+def _downlink_accuracy(
+    received_model: nn.Module | None,
+    strategy: CompressionStrategy,
+    spec: ModelSpec,
+    dense: dict[str, np.ndarray],
+    pooled: dict[str, np.ndarray],
+    test: Split,
+) -> dict[str, float]:
+    """Accuracy of the global model as the downlink codec delivers it (sparse or quantized)."""
+    if received_model is None:
+        return {}
+    received = decode_blob(strategy.downlink.encode(dense))
+    load_exchanged_state(received_model, spec, received)
+    load_running_statistics(received_model, spec, pooled)
+    _, accuracy = evaluate(received_model, test)
+    return {"downlink_accuracy": accuracy}

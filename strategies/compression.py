@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
 import numpy as np
@@ -34,6 +34,7 @@ from strategies.wire import (
     decode_content,
     make_header,
     numpy_to_record,
+    payload_stats,
     read_header,
     record_to_numpy,
 )
@@ -54,17 +55,25 @@ class CompressionStrategy(Strategy):
         uplink: str = "fp32",
         reply: str = "weights",
         error_feedback: bool = False,
+        evaluate_downlink: str | None = None,
+        codecs_for_round: Callable[[int], tuple[str, str]] | None = None,
     ) -> None:
         if reply not in REPLY_MODES:
             raise ValueError(f"reply = {reply!r}: expected one of {', '.join(REPLY_MODES)}")
         self.strategy = strategy
         self.downlink = get_codec(downlink)
+        # Evaluation messages may travel denser than training ones (FLASC evaluates the dense
+        # global model); by default they use the training downlink.
+        self.evaluate_downlink = get_codec(evaluate_downlink or downlink)
         self.uplink = get_codec(uplink).spec
         self.reply = reply
+        # (downlink, uplink) codec names per round, e.g. a decaying top-k density.
+        self.codecs_for_round = codecs_for_round
         self.error_feedback = error_feedback
         self._global: OrderedDict[str, np.ndarray] | None = None
         self._round_metrics: dict[str, float] = {}
         self._evaluate_contents: list[RecordDict] = []
+        self._payload_seen: dict[str, int] = {}
 
     def summary(self) -> None:
         log(
@@ -81,6 +90,7 @@ class CompressionStrategy(Strategy):
     def take_round_metrics(self) -> dict[str, float]:
         """Strategy extras of the round so far (aggregated client metrics, failures); resets."""
         out, self._round_metrics = self._round_metrics, {}
+        self._payload_seen = {}
         return out
 
     def take_evaluate_contents(self) -> list[RecordDict]:
@@ -92,6 +102,19 @@ class CompressionStrategy(Strategy):
         for key, value in (metrics or {}).items():
             if isinstance(value, (int, float)):
                 self._round_metrics[f"{prefix}{key.replace('-', '_')}"] = float(value)
+
+    def _note_payload(self, prefix: str, record: ArrayRecord) -> None:
+        """Running mean over this round's messages of realised density and index encodings."""
+        try:
+            stats = payload_stats(record)
+        except CodecError:
+            return  # the decoder will reject it with the reason
+        seen = self._payload_seen.get(prefix, 0) + 1
+        self._payload_seen[prefix] = seen
+        for key, value in stats.items():
+            name = f"{prefix}{key}"
+            previous = self._round_metrics.get(name, 0.0)
+            self._round_metrics[name] = previous + (value - previous) / seen
 
     def _add_seconds(self, seconds: float) -> None:
         self._round_metrics["server_codec_seconds"] = (
@@ -116,7 +139,10 @@ class CompressionStrategy(Strategy):
         out = RecordDict()
         for key, record in content.items():
             if isinstance(record, ArrayRecord):
-                out[key] = blob_to_record(self.downlink.encode(record_to_numpy(record)))
+                codec = self.downlink if train else self.evaluate_downlink
+                out[key] = blob_to_record(codec.encode(record_to_numpy(record)))
+                if train:
+                    self._note_payload("down_", out[key])
             else:
                 out[key] = record
         fields = (
@@ -124,12 +150,16 @@ class CompressionStrategy(Strategy):
             if train
             else {}
         )
-        out[HEADER_KEY] = make_header(self.downlink.spec, **fields)
+        spec = self.downlink.spec if train else self.evaluate_downlink.spec
+        out[HEADER_KEY] = make_header(spec, **fields)
         return out
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if self.codecs_for_round is not None:
+            down, up = self.codecs_for_round(server_round)
+            self.downlink, self.uplink = get_codec(down), get_codec(up).spec
         self._global = record_to_numpy(arrays)  # the dense global, for shapes and updates
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
         return self._encode(messages, train=True)
@@ -148,6 +178,8 @@ class CompressionStrategy(Strategy):
             raise CodecError(f"reply mode {mode!r} differs from the requested {self.reply!r}")
         if self._global is None:
             raise CodecError("reply to a round this server did not send")
+        for record in msg.content.array_records.values():
+            self._note_payload("up_", record)
         shapes = {k: v.shape for k, v in self._global.items()}
         content = decode_content(msg.content, expected_codec=self.uplink, expected_shapes=shapes)
         if self.reply == "update":

@@ -7,9 +7,10 @@ base plus LoRA adapters or trains in full.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, Strategy
 
 from strategies.compression import CompressionStrategy
 
@@ -18,14 +19,15 @@ from strategies.compression import CompressionStrategy
 class Preset:
     """How one ``strategy`` name is built."""
 
-    inner: str
+    inner: str  # "fedavg", or "server-optimizer" (the settings pick adam or sgd)
     lora: bool
     quantized: bool = False
+    sparse: bool = False
     summary: str = ""
 
 
 @dataclass(frozen=True)
-class WireSettings:
+class StrategySettings:
     """Codec knobs of the quantizing presets (``quant-*`` and ``error-feedback`` keys)."""
 
     quant_bits: int = 8
@@ -34,6 +36,14 @@ class WireSettings:
     meta: str = "fp16"
     update: bool = True
     error_feedback: bool = False
+    density_up: float = 0.1
+    density_down: float = 0.25
+    sparsity_scope: str = "global"
+    sparse_value_bits: int = 32
+    server_optimizer: str = "adam"
+    server_lr: float = 0.02
+    density_schedule: str = "constant"
+    server_eps: float = 1e-8
 
 
 _INNER: dict[str, type[Strategy]] = {"fedavg": FedAvg}
@@ -44,7 +54,15 @@ PRESETS: dict[str, Preset] = {
     "flocora": Preset(
         "fedavg", lora=True, quantized=True, summary="LoRA adapters, affine b-bit uplink"
     ),
+    "flasc": Preset(
+        "server-optimizer",
+        lora=True,
+        sparse=True,
+        summary="LoRA adapters, top-k down and up, server optimizer on the sparse updates",
+    ),
 }
+
+SERVER_OPTIMIZERS = ("adam", "sgd")
 
 # Widths the quant-bits keys accept: affine 1..8 bits, or a float codec.
 QUANT_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
@@ -63,21 +81,42 @@ def build_strategy(
     name: str,
     fraction_train: float,
     fraction_evaluate: float,
-    wire: WireSettings | None = None,
+    wire: StrategySettings | None = None,
     min_available_nodes: int = 2,
 ) -> CompressionStrategy:
     """The Flower strategy for a preset: its inner strategy wrapped by the wire codecs."""
     preset = PRESETS[name]
-    inner = _INNER[preset.inner](
-        fraction_train=fraction_train,
-        fraction_evaluate=fraction_evaluate,
-        min_train_nodes=1,
-        min_evaluate_nodes=1 if fraction_evaluate > 0 else 0,
-        min_available_nodes=min_available_nodes,
-    )
+    wire = wire or StrategySettings()
+    sampling = {
+        "fraction_train": fraction_train,
+        "fraction_evaluate": fraction_evaluate,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if fraction_evaluate > 0 else 0,
+        "min_available_nodes": min_available_nodes,
+    }
+    if preset.sparse:
+        factor = density_factor(wire.density_schedule)
+
+        def codecs_for(server_round: int) -> tuple[str, str]:
+            f = factor(server_round)
+            return (
+                sparse_spec(wire.density_down * f, wire.sparsity_scope, 32),
+                sparse_spec(wire.density_up * f, wire.sparsity_scope, wire.sparse_value_bits),
+            )
+
+        down, up = codecs_for(1)
+        return CompressionStrategy(
+            server_optimizer(wire.server_optimizer, wire.server_lr, sampling, wire.server_eps),
+            downlink=down,
+            uplink=up,
+            reply="update",
+            error_feedback=wire.error_feedback,
+            evaluate_downlink="fp32",
+            codecs_for_round=codecs_for,
+        )
+    inner = _INNER[preset.inner](**sampling)
     if not preset.quantized:
         return CompressionStrategy(inner, "fp32", "fp32")
-    wire = wire or WireSettings()
     return CompressionStrategy(
         inner,
         downlink=codec_spec(wire.quant_bits_down, wire.granularity, wire.meta),
@@ -85,3 +124,40 @@ def build_strategy(
         reply="update" if wire.update else "weights",
         error_feedback=wire.error_feedback,
     )
+
+
+def sparse_spec(density: float, scope: str, value_bits: int) -> str:
+    """The top-k codec name for a density, scope and value width."""
+    return f"topk:density={density!r}:scope={scope}:values={value_bits}"
+
+
+def server_optimizer(name: str, lr: float, sampling: dict, eps: float = 1e-8) -> Strategy:
+    """Flower's FedAdam or FedAvgM as the server optimizer over the mean update.
+
+    The wrapper hands them dense global + update per client, so their pseudo-gradient
+    (aggregate minus current) is the weighted mean of the sparse updates, as in FLASC. Adam
+    uses PyTorch's betas and epsilon (FLASC's AdamW without weight decay); sgd is plain
+    (no momentum), so lr = 1 is FedAvg of the updates.
+    """
+    if name == "adam":
+        return FedAdam(eta=lr, eta_l=lr, beta_1=0.9, beta_2=0.999, tau=eps, **sampling)
+    if name == "sgd":
+        return FedAvgM(server_learning_rate=lr, server_momentum=0.0, **sampling)
+    raise ValueError(f"server optimizer {name!r}: expected one of {', '.join(SERVER_OPTIMIZERS)}")
+
+
+def density_factor(schedule: str) -> Callable[[int], float]:
+    """``constant`` -> 1; ``decay:F:N`` -> F ** ((round - 1) // N): multiplicative decay."""
+    if schedule == "constant":
+        return lambda _round: 1.0
+    try:
+        kind, factor_text, every_text = schedule.split(":")
+        factor, every = float(factor_text), int(every_text)
+    except ValueError:
+        kind, factor, every = "", 0.0, 0
+    if kind != "decay" or not 0.0 < factor <= 1.0 or every < 1:
+        raise ValueError(
+            f"density schedule {schedule!r}: expected constant or decay:F:N "
+            "with 0 < F <= 1 and N >= 1"
+        )
+    return lambda server_round: factor ** ((server_round - 1) // every)

@@ -19,6 +19,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from strategies.codecs import Codec, CodecError, decode_blob, get_codec
+from strategies.codecs import read_header as read_blob
 
 HEADER_KEY = "flora.codec"
 CODEC = "codec"
@@ -108,3 +109,18 @@ def decode_content(
         else:
             out[key] = record
     return out
+
+
+def payload_stats(record: ArrayRecord) -> dict[str, float]:
+    """Realised density (kept / total entries) and index encodings of a compressed record.
+
+    Dense kinds count as fully kept; only sparse entries choose a bitmap or gaps.
+    """
+    entries, _ = read_blob(record_to_blob(record))
+    total = sum(e.numel for e in entries)
+    kept = sum(e.k if e.kind == "s" else e.numel for e in entries)
+    return {
+        "density": kept / total if total else 1.0,
+        "bitmap_tensors": float(sum(e.kind == "s" and e.index == "b" for e in entries)),
+        "gap_tensors": float(sum(e.kind == "s" and e.index == "g" for e in entries)),
+    }

@@ -73,5 +73,8 @@ def test_readme_configuration_table_matches_the_defaults() -> None:
     for key, default in DEFAULTS.items():
         assert key in rows, f"README configuration table lacks {key!r}"
         shown = rows[key].strip().strip("`")
+        if isinstance(default, float):
+            assert float(shown) == default, f"{key}: README says {shown}, pyproject {default}"
+            continue
         expected = str(default).lower() if isinstance(default, bool) else str(default)
         assert shown.strip('"') == expected, f"{key}: README says {shown}, pyproject {default}"

@@ -124,3 +124,26 @@ def test_flocora_sends_quantized_updates_and_fewer_bytes(tmp_path: Path) -> None
     assert summary["bytes_down_per_client_per_round"] < fp32 / 2
     assert all(r["failed_replies"] == 0 and r["replies"] == 2 for r in rounds)
     assert all(r["client_codec_seconds"] > 0 for r in rounds)
+
+
+def test_flasc_with_8_bit_values_sends_sparse_updates(tmp_path: Path) -> None:
+    """flasc (top-k down 0.25, up 0.1 with 8-bit values, Adam on the server) through flwr run."""
+    run_dir, log = _run(
+        tmp_path,
+        "strategy='flasc' density-up=0.1 density-down=0.25 sparse-value-bits=8 model='cnn' "
+        "model-width=128 lora-r=16 lora-alpha=256.0 num-server-rounds=2 local-epochs=1 "
+        "fraction-train=1.0",
+        supernodes=2,
+    )
+    assert "uplink topk:density=0.1:scope=global:values=8 (update)" in log
+    config = json.loads((run_dir / "config.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    fp32 = 4 * config["exchanged-parameters"]
+    assert summary["bytes_up_per_client_per_round"] < fp32 / 5
+    assert summary["bytes_down_per_client_per_round"] < fp32 / 2
+    for r in rounds:
+        assert r["failed_replies"] == 0 and r["replies"] == 2
+        assert r["up_density"] == pytest.approx(0.1, abs=1e-3)
+        assert r["down_density"] == pytest.approx(0.25, abs=1e-3)
+        assert 0.0 <= r["downlink_accuracy"] <= 1.0

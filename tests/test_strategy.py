@@ -11,7 +11,13 @@ from flwr.serverapp.strategy import FedAvg
 
 from strategies.codecs import decode_blob, get_codec
 from strategies.compression import CompressionStrategy
-from strategies.presets import PRESETS, WireSettings, build_strategy, codec_spec
+from strategies.presets import (
+    PRESETS,
+    StrategySettings,
+    build_strategy,
+    codec_spec,
+    density_factor,
+)
 from strategies.wire import (
     HEADER_KEY,
     encode_content,
@@ -145,7 +151,7 @@ def test_presets_cover_the_baselines_and_flocora() -> None:
     assert isinstance(strategy.strategy, FedAvg) and strategy.strategy.fraction_train == 0.5
     assert strategy.uplink == "fp32" and strategy.downlink.spec == "fp32"
     flocora = build_strategy(
-        "flocora", 1.0, 0.1, WireSettings(quant_bits=2, quant_bits_down=8, update=False)
+        "flocora", 1.0, 0.1, StrategySettings(quant_bits=2, quant_bits_down=8, update=False)
     )
     assert flocora.uplink == codec_spec(2) and flocora.downlink.spec == codec_spec(8)
     assert flocora.reply == "weights"
@@ -160,3 +166,100 @@ def test_downlink_is_encoded_once_and_names_the_reply_codec() -> None:
     assert header["codec"] == "fp32" and header["reply-codec"] == Q4
     assert header["reply"] == "update" and header["error-feedback"] is True
     assert list(messages[0].content["arrays"].keys()) == ["payload"]  # one Array per message
+
+
+def _flasc(
+    optimizer: str, lr: float, density_up: float = 0.5, density_down: float = 1.0
+) -> CompressionStrategy:
+    settings = StrategySettings(
+        density_up=density_up, density_down=density_down, server_optimizer=optimizer, server_lr=lr
+    )
+    strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
+    strategy.strategy.min_train_nodes = 1
+    return strategy
+
+
+def _sparse_replies(strategy: CompressionStrategy, updates: list[tuple[OrderedDict, int]]):
+    codec = strategy.uplink
+    return [_reply(u, n, i + 1, codec, mode="update") for i, (u, n) in enumerate(updates)]
+
+
+def test_flasc_sgd_with_lr_one_is_fedavg_of_the_sparse_updates() -> None:
+    strategy = _flasc("sgd", 1.0)
+    dense = _arrays(0)
+    _send(strategy, dense)
+    updates = [(_arrays(i, scale=0.1), n) for i, n in ((1, 10), (2, 30))]
+    replies = _sparse_replies(strategy, updates)
+    sent = [
+        (decode_blob(record_to_blob(r.content["arrays"])), n)
+        for r, (_, n) in zip(replies, updates, strict=True)
+    ]
+    total = sum(v.size for v in dense.values())
+    for update, _ in sent:  # each client sent exactly half of its update
+        assert sum(np.count_nonzero(v) for v in update.values()) == round(0.5 * total)
+    got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+    mean = _weighted_mean(sent)
+    for key in dense:  # FedAvg of (dense + sparse update) == dense + mean sparse update
+        np.testing.assert_allclose(got[key], dense[key] + mean[key], rtol=1e-6, atol=1e-6)
+
+
+def test_flasc_adam_matches_a_hand_computation_over_two_rounds() -> None:
+    lr, b1, b2, eps = 0.05, 0.9, 0.999, 1e-8
+    strategy = _flasc("adam", lr)
+    x = {k: v.astype(np.float64) for k, v in _arrays(0).items()}
+    m = {k: np.zeros_like(v) for k, v in x.items()}
+    v = {k: np.zeros_like(v) for k, v in x.items()}
+    for server_round in (1, 2):
+        _send(strategy, OrderedDict((k, val.astype(np.float32)) for k, val in x.items()))
+        updates = [(_arrays(10 * server_round + i, scale=0.1), n) for i, n in ((1, 1), (2, 3))]
+        replies = _sparse_replies(strategy, updates)
+        sent = [
+            (decode_blob(record_to_blob(r.content["arrays"])), n)
+            for r, (_, n) in zip(replies, updates, strict=True)
+        ]
+        got = record_to_numpy(strategy.aggregate_train(server_round, replies)[0])
+        delta = _weighted_mean(sent)  # the pseudo-gradient: mean sparse update
+        step = lr * np.sqrt(1 - b2 ** (server_round + 1)) / (1 - b1 ** (server_round + 1))
+        for k in x:  # Flower's FedAdam, written out
+            m[k] = b1 * m[k] + (1 - b1) * delta[k]
+            v[k] = b2 * v[k] + (1 - b2) * delta[k] ** 2
+            x[k] = x[k] + step * m[k] / (np.sqrt(v[k]) + eps)
+            np.testing.assert_allclose(got[k], x[k], rtol=1e-4, atol=1e-5)
+        x = {k: got[k].astype(np.float64) for k in x}
+
+
+def test_flasc_sends_exactly_k_entries_each_way() -> None:
+    strategy = _flasc("adam", 0.01, density_up=0.1, density_down=0.25)
+    received = _send(strategy, _arrays(0))
+    total = sum(v.size for v in received.values())
+    assert sum(np.count_nonzero(v) for v in received.values()) == round(0.25 * total)
+    (reply,) = _sparse_replies(strategy, [(_arrays(5), 3)])
+    update = decode_blob(record_to_blob(reply.content["arrays"]))
+    assert sum(np.count_nonzero(v) for v in update.values()) == round(0.1 * total)
+
+
+def test_round_metrics_report_realised_density_and_index_encoding() -> None:
+    strategy = _flasc("adam", 0.01, density_up=0.1, density_down=0.25)
+    _send(strategy, _arrays(0))
+    strategy.aggregate_train(1, _sparse_replies(strategy, [(_arrays(5), 3), (_arrays(6), 1)]))
+    metrics = strategy.take_round_metrics()
+    total = sum(v.size for v in _arrays(0).values())
+    assert metrics["down_density"] == pytest.approx(round(0.25 * total) / total)
+    assert metrics["up_density"] == pytest.approx(round(0.1 * total) / total)
+    assert metrics["up_bitmap_tensors"] + metrics["up_gap_tensors"] == 3
+    assert strategy.take_round_metrics() == {}  # taken once per round
+
+
+def test_density_schedule_decays_the_codecs_round_by_round() -> None:
+    settings = StrategySettings(density_up=0.4, density_down=0.8, density_schedule="decay:0.5:2")
+    strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
+    strategy.strategy.min_train_nodes = 1
+    seen = []
+    for server_round in (1, 2, 3, 5):
+        strategy.configure_train(
+            server_round, numpy_to_record(_arrays(0)), ConfigRecord({}), _OneNodeGrid()
+        )
+        seen.append((strategy.downlink.density, get_codec(strategy.uplink).density))
+    assert seen == [(0.8, 0.4), (0.8, 0.4), (0.4, 0.2), (0.2, 0.1)]
+    with pytest.raises(ValueError, match="decay:F:N"):
+        density_factor("decay:2:1")

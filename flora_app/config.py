@@ -80,23 +80,9 @@ class FloraConfig:
 
     @property
     def strategy_settings(self) -> StrategySettings:
-        """The codec and server-optimizer settings handed to the strategy presets."""
-        return StrategySettings(
-            quant_bits=self.quant_bits,
-            quant_bits_down=self.quant_bits_down,
-            granularity=self.quant_granularity,
-            meta=self.quant_meta,
-            update=self.quant_update,
-            error_feedback=self.error_feedback,
-            density_up=self.density_up,
-            density_down=self.density_down,
-            sparsity_scope=self.sparsity_scope,
-            sparse_value_bits=self.sparse_value_bits,
-            server_optimizer=self.server_optimizer,
-            server_lr=self.server_lr,
-            density_schedule=self.density_schedule,
-            server_eps=self.server_eps,
-        )
+        """The codec and server-optimizer settings handed to the strategy presets, by name."""
+        names = [f.name for f in dataclasses.fields(StrategySettings)]
+        return StrategySettings(**{name: getattr(self, name) for name in names})
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FloraConfig:

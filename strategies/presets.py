@@ -28,13 +28,14 @@ class Preset:
 
 @dataclass(frozen=True)
 class StrategySettings:
-    """Codec knobs of the quantizing presets (``quant-*`` and ``error-feedback`` keys)."""
+    """Codec and server-optimizer knobs of the presets; field ``foo_bar`` is run-config key
+    ``foo-bar``, so the app hands them over by name."""
 
     quant_bits: int = 8
     quant_bits_down: int = 32
-    granularity: str = "channel"
-    meta: str = "fp16"
-    update: bool = True
+    quant_granularity: str = "channel"
+    quant_meta: str = "fp16"
+    quant_update: bool = True
     error_feedback: bool = False
     density_up: float = 0.1
     density_down: float = 0.25
@@ -119,9 +120,9 @@ def build_strategy(
         return CompressionStrategy(inner, "fp32", "fp32")
     return CompressionStrategy(
         inner,
-        downlink=codec_spec(wire.quant_bits_down, wire.granularity, wire.meta),
-        uplink=codec_spec(wire.quant_bits, wire.granularity, wire.meta),
-        reply="update" if wire.update else "weights",
+        downlink=codec_spec(wire.quant_bits_down, wire.quant_granularity, wire.quant_meta),
+        uplink=codec_spec(wire.quant_bits, wire.quant_granularity, wire.quant_meta),
+        reply="update" if wire.quant_update else "weights",
         error_feedback=wire.error_feedback,
     )
 

@@ -78,3 +78,16 @@ def test_readme_configuration_table_matches_the_defaults() -> None:
             continue
         expected = str(default).lower() if isinstance(default, bool) else str(default)
         assert shown.strip('"') == expected, f"{key}: README says {shown}, pyproject {default}"
+
+
+def test_every_strategy_setting_is_a_run_config_key() -> None:
+    from dataclasses import fields
+
+    from strategies.presets import StrategySettings
+
+    cfg = FloraConfig.from_run_config({**DEFAULTS, "quant-bits": 2, "server-lr": 0.5})
+    settings = cfg.strategy_settings
+    for f in fields(StrategySettings):
+        assert f.name.replace("_", "-") in DEFAULTS
+        assert getattr(settings, f.name) == getattr(cfg, f.name)
+    assert settings.quant_bits == 2 and settings.server_lr == 0.5

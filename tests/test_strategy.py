@@ -151,7 +151,7 @@ def test_presets_cover_the_baselines_and_flocora() -> None:
     assert isinstance(strategy.strategy, FedAvg) and strategy.strategy.fraction_train == 0.5
     assert strategy.uplink == "fp32" and strategy.downlink.spec == "fp32"
     flocora = build_strategy(
-        "flocora", 1.0, 0.1, StrategySettings(quant_bits=2, quant_bits_down=8, update=False)
+        "flocora", 1.0, 0.1, StrategySettings(quant_bits=2, quant_bits_down=8, quant_update=False)
     )
     assert flocora.uplink == codec_spec(2) and flocora.downlink.spec == codec_spec(8)
     assert flocora.reply == "weights"

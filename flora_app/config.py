@@ -31,8 +31,12 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class FloraConfig:
-    """Every run-config key of the app, typed. Field ``foo_bar`` is run-config key ``foo-bar``."""
+class FloraConfig(StrategySettings):
+    """Every run-config key of the app, typed. Field ``foo_bar`` is run-config key ``foo-bar``.
+
+    The strategy keys (``quant-*``, ``density-*``, ``server-*``, ...) are the inherited fields
+    of ``StrategySettings``, declared once, there.
+    """
 
     num_server_rounds: int = 20
     fraction_train: float = 0.5
@@ -56,20 +60,6 @@ class FloraConfig:
     lora_train_norm: bool = True
     lora_train_head: bool = True
     strategy: str = "fedlora"
-    quant_bits: int = 8
-    quant_bits_down: int = 32
-    quant_granularity: str = "channel"
-    quant_meta: str = "fp16"
-    quant_update: bool = True
-    error_feedback: bool = False
-    density_up: float = 0.1
-    density_down: float = 0.25
-    sparsity_scope: str = "global"
-    sparse_value_bits: int = 32
-    server_optimizer: str = "adam"
-    server_lr: float = 0.02
-    density_schedule: str = "constant"
-    server_eps: float = 1e-8
     output_dir: str = "outputs"
     run_name: str = ""
 

@@ -144,7 +144,7 @@ def _affine_values(
 
 
 class Codec(ABC):
-    """Encodes tensors into the shared container; decoding is the container's own."""
+    """Encodes tensors into the shared container; decoding is ``decode_blob``, for all codecs."""
 
     @property
     @abstractmethod
@@ -182,12 +182,6 @@ class Codec(ABC):
             json.dumps({"t": [e.to_json() for e in entries]}, separators=(",", ":")).encode(), 9
         )
         return b"".join([MAGIC, struct.pack("<I", len(header)), header, *bodies])
-
-    def decode(
-        self, blob: bytes, expected: Mapping[str, tuple[int, ...]] | None = None
-    ) -> OrderedDict[str, np.ndarray]:
-        """Tensors of a blob this codec may have produced; see ``decode_blob``."""
-        return decode_blob(blob, expected, accept=self)
 
 
 class FloatCodec(Codec):

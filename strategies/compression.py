@@ -27,11 +27,10 @@ from flwr.serverapp.strategy import Strategy
 
 from strategies.codecs import CodecError, get_codec
 from strategies.wire import (
-    HEADER_KEY,
     REPLY,
     REPLY_MODES,
-    blob_to_record,
     decode_content,
+    encode_content,
     make_header,
     numpy_to_record,
     payload_stats,
@@ -136,22 +135,18 @@ class CompressionStrategy(Strategy):
         return out
 
     def _encode_content(self, content: RecordDict, train: bool) -> RecordDict:
-        out = RecordDict()
-        for key, record in content.items():
-            if isinstance(record, ArrayRecord):
-                codec = self.downlink if train else self.evaluate_downlink
-                out[key] = blob_to_record(codec.encode(record_to_numpy(record)))
-                if train:
-                    self._note_payload("down_", out[key])
-            else:
-                out[key] = record
-        fields = (
-            {"reply_codec": self.uplink, "reply": self.reply, "error_feedback": self.error_feedback}
-            if train
-            else {}
+        if not train:
+            codec = self.evaluate_downlink
+            return encode_content(content, codec, make_header(codec.spec))
+        header = make_header(
+            self.downlink.spec,
+            reply_codec=self.uplink,
+            reply=self.reply,
+            error_feedback=self.error_feedback,
         )
-        spec = self.downlink.spec if train else self.evaluate_downlink.spec
-        out[HEADER_KEY] = make_header(spec, **fields)
+        out = encode_content(content, self.downlink, header)
+        for record in out.array_records.values():
+            self._note_payload("down_", record)
         return out
 
     def configure_train(

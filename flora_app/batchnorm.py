@@ -60,6 +60,29 @@ def measure_batchnorm_statistics(model: nn.Module, split: Split, batch_size: int
     return True
 
 
+MAX_BN_EXAMPLES = 1_000_000
+
+
+def batchnorm_part_problem(
+    stats: dict[str, np.ndarray], count: object, shapes: dict[str, tuple[int, ...]]
+) -> str | None:
+    """Why one client's BatchNorm measurement must not be pooled, or None if it is fit."""
+    if isinstance(count, bool) or not isinstance(count, (int, float)) or count != int(count):
+        return f"bn-examples = {count!r} is not an integer"
+    if not 1 <= count <= MAX_BN_EXAMPLES:
+        return f"bn-examples = {count!r} outside 1..{MAX_BN_EXAMPLES}"
+    if set(stats) != set(shapes):
+        return "statistics names differ from the model's"
+    for name, value in stats.items():
+        if value.shape != tuple(shapes[name]):
+            return f"{name!r} has shape {value.shape}, model expects {tuple(shapes[name])}"
+        if not np.all(np.isfinite(value)):
+            return f"{name!r} holds NaN or Inf"
+        if name.endswith(VAR_SUFFIX) and np.any(value < 0):
+            return f"{name!r} holds a negative variance"
+    return None
+
+
 def pool_batchnorm_statistics(
     parts: list[tuple[dict[str, np.ndarray], int]],
 ) -> dict[str, np.ndarray]:

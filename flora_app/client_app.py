@@ -12,6 +12,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flora_app.batchnorm import measure_batchnorm_statistics
+from flora_app.chaos import chaos_mod
 from flora_app.config import FloraConfig
 from flora_app.lora import (
     base_fingerprint_of,
@@ -26,7 +27,8 @@ from flora_app.training import train as train_model
 from strategies.mod import compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
 
-app = ClientApp(mods=[compression_mod])
+# chaos_mod is outermost, so with ``chaos-clients`` it spoils the reply as it would travel.
+app = ClientApp(mods=[chaos_mod, compression_mod])
 
 
 class BaseModelMismatchError(RuntimeError):

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from strategies.presets import (
+    AGGREGATIONS,
     PRESETS,
     QUANT_BITS,
     SERVER_OPTIMIZERS,
     StrategySettings,
-    density_factor,
+    schedule_factor,
 )
 
 DATASETS = ("digits", "cifar10", "synthetic")
@@ -41,6 +42,7 @@ class FloraConfig(StrategySettings):
     num_server_rounds: int = 20
     fraction_train: float = 0.5
     fraction_evaluate: float = 0.2
+    round_timeout: float = 3600.0
     local_epochs: int = 2
     batch_size: int = 32
     lr: float = 0.01
@@ -62,6 +64,8 @@ class FloraConfig(StrategySettings):
     strategy: str = "fedlora"
     output_dir: str = "outputs"
     run_name: str = ""
+    resume_from: str = ""
+    chaos_clients: int = 0
 
     @property
     def use_lora(self) -> bool:
@@ -101,17 +105,28 @@ class FloraConfig(StrategySettings):
         _choice("quant-meta", self.quant_meta, ("fp16", "fp32"))
         _choice("sparsity-scope", self.sparsity_scope, ("global", "tensor"))
         _choice("server-optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        _choice("aggregation", self.aggregation, tuple(AGGREGATIONS))
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ConfigError(
+                f"run-config 'trim-fraction' = {self.trim_fraction!r}: expected a number in "
+                "[0, 0.5), the share of replies cut from each tail"
+            )
+        _positive("max-num-examples", self.max_num_examples)
         _open_closed("density-up", self.density_up, 0.0, 1.0)
         _open_closed("density-down", self.density_down, 0.0, 1.0)
         _positive("server-lr", self.server_lr)
         _positive("server-eps", self.server_eps)
-        try:
-            density_factor(self.density_schedule)
-        except ValueError:
-            raise ConfigError(
-                f"run-config 'density-schedule' = {self.density_schedule!r}: expected constant "
-                "or decay:F:N (0 < F <= 1, N >= 1), e.g. decay:0.5:10"
-            ) from None
+        for key, schedule in (
+            ("density-schedule", self.density_schedule),
+            ("server-lr-schedule", self.server_lr_schedule),
+        ):
+            try:
+                schedule_factor(schedule)
+            except ValueError:
+                raise ConfigError(
+                    f"run-config '{key}' = {schedule!r}: expected constant "
+                    "or decay:F:N (0 < F <= 1, N >= 1), e.g. decay:0.5:10"
+                ) from None
         if self.sparse_value_bits not in (32, 16, 8, 4):
             raise ConfigError(
                 f"run-config 'sparse-value-bits' = {self.sparse_value_bits!r}: "
@@ -131,6 +146,7 @@ class FloraConfig(StrategySettings):
         _at_least("model-width", self.model_width, 1)
         _at_least("lora-r", self.lora_r, 1)
         _at_least("seed", self.seed, 0)
+        _at_least("chaos-clients", self.chaos_clients, 0)
         _at_least("synthetic-samples", self.synthetic_samples, 20)
         _at_least("synthetic-image-size", self.synthetic_image_size, 4)
         _open_closed("fraction-train", self.fraction_train, 0.0, 1.0)
@@ -142,6 +158,7 @@ class FloraConfig(StrategySettings):
         _closed_open("val-fraction", self.val_fraction, 0.0, 0.9)
         _closed_open("momentum", self.momentum, 0.0, 1.0)
         _positive("lr", self.lr)
+        _positive("round-timeout", self.round_timeout)
         _positive("lora-alpha", self.lora_alpha)
         _positive("dirichlet-alpha", self.dirichlet_alpha)
         if not self.output_dir:

@@ -16,6 +16,14 @@ from typing import Any
 MB = 1e6
 
 
+def resolve_output_path(path: str) -> Path:
+    """A relative path is taken against ``FLORA_OUTPUT_ROOT`` (see ``make_run_dir``)."""
+    out = Path(path)
+    if not out.is_absolute():
+        out = Path(os.environ.get("FLORA_OUTPUT_ROOT", ".")) / out
+    return out
+
+
 def make_run_dir(output_dir: str, run_name: str, strategy: str) -> Path:
     """``<output-dir>/<run-name>``; a default name is a timestamp plus the strategy.
 
@@ -23,9 +31,7 @@ def make_run_dir(output_dir: str, run_name: str, strategy: str) -> Path:
     it to the project root, since ``flwr run`` executes the app from its own install folder),
     else the working directory. An existing folder is never overwritten: a suffix is added.
     """
-    root = Path(output_dir)
-    if not root.is_absolute():
-        root = Path(os.environ.get("FLORA_OUTPUT_ROOT", ".")) / root
+    root = resolve_output_path(output_dir)
     name = run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{strategy}"
     path = root / name
     suffix = 1
@@ -39,15 +45,24 @@ def make_run_dir(output_dir: str, run_name: str, strategy: str) -> Path:
 class RunRecorder:
     """Collects per-round records and writes the run folder's files."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], history: Any = None) -> None:
+        """``history``: a checkpoint to continue (its rounds, initial score, elapsed time);
+        ``rounds.jsonl`` is rewritten to exactly its rounds, dropping any line a crash left
+        after the last checkpoint."""
         self.run_dir = run_dir
         self.config = config
-        self.rounds: list[dict[str, Any]] = []
-        self.initial: dict[str, Any] | None = None
-        self.started = time.time()
+        self.rounds: list[dict[str, Any]] = list(history.rounds) if history else []
+        self.initial: dict[str, Any] | None = history.initial if history else None
+        self.started = time.time() - (history.wall_seconds if history else 0.0)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         self._rounds_file = run_dir / "rounds.jsonl"
-        self._rounds_file.write_text("")
+        tmp = run_dir / ".rounds.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rounds))
+        os.replace(tmp, self._rounds_file)
+
+    def elapsed(self) -> float:
+        """Wall seconds of the run so far, across resumptions."""
+        return time.time() - self.started
 
     def record_initial(self, accuracy: float, loss: float) -> None:
         """The untrained global model's score: the plot's starting point at 0 bytes."""
@@ -81,7 +96,7 @@ class RunRecorder:
             "bytes_eval_total": sum(
                 r.get("bytes_eval_up", 0) + r.get("bytes_eval_down", 0) for r in self.rounds
             ),
-            "wall_seconds": time.time() - self.started,
+            "wall_seconds": self.elapsed(),
         }
 
     def finish(self) -> dict[str, Any]:

@@ -45,6 +45,9 @@ from strategies.sparse import (
 
 MAGIC = b"FLC1"
 MAX_HEADER_BYTES = 1 << 20  # decompressed; a ResNet-18 header is a few KB
+# Compressed header room when bounding a whole message: our entries compress to ~30 bytes.
+HEADER_ALLOWANCE_BASE = 256
+HEADER_ALLOWANCE_PER_TENSOR = 256
 MAX_TENSORS = 4096
 MAX_DIMS = 8
 _META_NAMES = {"fp16": "f16", "fp32": "f32"}
@@ -163,6 +166,19 @@ class Codec(ABC):
         """Whether the entries together are a message this codec could have produced."""
         return True
 
+    @abstractmethod
+    def max_body_bytes(self, shape: tuple[int, ...]) -> int:
+        """The most body bytes this codec writes for one tensor of ``shape``."""
+
+    def max_message_bytes(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """An upper bound on the blob this codec produces for tensors of these shapes.
+
+        A receiver checks a payload against it before parsing anything, so a reply can never
+        make the server read or allocate more than the model's own message could need.
+        """
+        header = HEADER_ALLOWANCE_BASE + HEADER_ALLOWANCE_PER_TENSOR * len(shapes)
+        return len(MAGIC) + 4 + header + sum(self.max_body_bytes(s) for s in shapes.values())
+
     def _plan(self, tensors: Mapping[str, np.ndarray]) -> object:
         """Decisions that need the whole message (e.g. a global top-k); None by default."""
         return None
@@ -207,6 +223,9 @@ class FloatCodec(Codec):
     def accepts(self, entry: Entry) -> bool:
         return entry.kind == self.dtype
 
+    def max_body_bytes(self, shape: tuple[int, ...]) -> int:
+        return _values_size(self.dtype, prod(shape), 1, 0, "f32")
+
 
 class AffineCodec(Codec):
     """FLoCoRA's affine b-bit quantization; 1-D tensors (norms, biases) stay fp32 by default."""
@@ -241,6 +260,13 @@ class AffineCodec(Codec):
             and entry.per_channel == self.per_channel
             and entry.meta in ("f32", _META_NAMES[self.meta])
         )
+
+    def max_body_bytes(self, shape: tuple[int, ...]) -> int:
+        n = prod(shape)
+        if n == 0 or (self.keep_1d and len(shape) <= 1):
+            return 4 * n
+        channels = channels_of(shape, self.per_channel)
+        return _values_size("q", n, channels, self.bits, "f32")  # f32 metadata is the larger
 
 
 class SparseCodec(Codec):
@@ -324,6 +350,12 @@ class SparseCodec(Codec):
         if self.per_tensor:
             return True
         return sum(e.k for e in entries) == keep_count(sum(e.numel for e in entries), self.density)
+
+    def max_body_bytes(self, shape: tuple[int, ...]) -> int:
+        # A global top-k may keep a whole tensor; indices never exceed the bitmap (the encoder
+        # uses gaps only when they are smaller).
+        n = prod(shape)
+        return -(-n // 8) + _values_size(self._values_kind(), n, 1, self.value_bits, "f32")
 
 
 def get_codec(spec: str) -> Codec:

@@ -9,6 +9,10 @@ downlink codec. Up: each reply is decoded (checking codec, names and shapes agai
 sent); an update is added to the server's dense global adapters, as FLASC does, so the inner
 strategy always aggregates plain weights and a lossy downlink never accumulates its error into
 the global model.
+
+Every training reply is validated before the inner strategy sees it (``strategies.validation``
+plus the codec's own checks); one that fails becomes an error reply, which Flower's strategies
+skip, so the aggregate of the others is exactly what it would have been without it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from strategies.codecs import CodecError, get_codec
+from strategies.optimizer_state import load_optimizer_state, optimizer_state
+from strategies.validation import (
+    DEFAULT_MAX_NUM_EXAMPLES,
+    RejectedReplyError,
+    check_finite,
+    check_layout,
+    check_metrics,
+    check_payload_size,
+    common_metric_keys,
+)
 from strategies.wire import (
     REPLY,
     REPLY_MODES,
@@ -35,6 +49,7 @@ from strategies.wire import (
     numpy_to_record,
     payload_stats,
     read_header,
+    record_to_blob,
     record_to_numpy,
 )
 
@@ -44,7 +59,11 @@ class CompressionStrategy(Strategy):
 
     ``reply``: clients send ``weights`` or their ``update`` (trained minus received).
     ``error_feedback``: clients carry their uplink quantization residual to the next round.
-    Replies that do not decode become error replies, which the inner strategy skips and logs.
+    Replies that fail validation become error replies, which the inner strategy skips; each
+    is logged with the node and the reason and counted as ``rejected_replies``.
+    ``max_num_examples``: the largest ``num-examples`` a reply may claim.
+    ``round_offset``: rounds completed before this ``start`` (a resumed run), so schedules,
+    server-optimizer bias correction and the clients' round number continue where they were.
     """
 
     def __init__(
@@ -56,6 +75,7 @@ class CompressionStrategy(Strategy):
         error_feedback: bool = False,
         evaluate_downlink: str | None = None,
         codecs_for_round: Callable[[int], tuple[str, str]] | None = None,
+        max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
     ) -> None:
         if reply not in REPLY_MODES:
             raise ValueError(f"reply = {reply!r}: expected one of {', '.join(REPLY_MODES)}")
@@ -64,14 +84,17 @@ class CompressionStrategy(Strategy):
         # Evaluation messages may travel denser than training ones (FLASC evaluates the dense
         # global model); by default they use the training downlink.
         self.evaluate_downlink = get_codec(evaluate_downlink or downlink)
-        self.uplink = get_codec(uplink).spec
+        self.uplink_codec = get_codec(uplink)
+        self.uplink = self.uplink_codec.spec
         self.reply = reply
         # (downlink, uplink) codec names per round, e.g. a decaying top-k density.
         self.codecs_for_round = codecs_for_round
         self.error_feedback = error_feedback
+        self.max_num_examples = max_num_examples
+        self.round_offset = 0
         self._global: OrderedDict[str, np.ndarray] | None = None
         self._round_metrics: dict[str, float] = {}
-        self._evaluate_contents: list[RecordDict] = []
+        self._evaluate_contents: list[tuple[int, RecordDict]] = []
         self._payload_seen: dict[str, int] = {}
 
     def summary(self) -> None:
@@ -92,7 +115,7 @@ class CompressionStrategy(Strategy):
         self._payload_seen = {}
         return out
 
-    def take_evaluate_contents(self) -> list[RecordDict]:
+    def take_evaluate_contents(self) -> list[tuple[int, RecordDict]]:
         """Contents of this round's valid evaluate replies (for app-level extras); resets."""
         out, self._evaluate_contents = self._evaluate_contents, []
         return out
@@ -153,75 +176,144 @@ class CompressionStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         if self.codecs_for_round is not None:
-            down, up = self.codecs_for_round(server_round)
-            self.downlink, self.uplink = get_codec(down), get_codec(up).spec
+            down, up = self.codecs_for_round(server_round + self.round_offset)
+            self.downlink, self.uplink_codec = get_codec(down), get_codec(up)
+            self.uplink = self.uplink_codec.spec
         self._global = record_to_numpy(arrays)  # the dense global, for shapes and updates
-        messages = self.strategy.configure_train(server_round, arrays, config, grid)
+        messages = self.strategy.configure_train(
+            server_round + self.round_offset, arrays, config, grid
+        )
         return self._encode(messages, train=True)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        messages = self.strategy.configure_evaluate(
+            server_round + self.round_offset, arrays, config, grid
+        )
         return self._encode(messages, train=False)
 
     # --- up ------------------------------------------------------------------------------
     def _decode_reply(self, msg: Message) -> RecordDict:
+        """The reply as plain fp32 weights; ``RejectedReplyError`` / ``CodecError`` say why not."""
+        if self._global is None:
+            raise RejectedReplyError("reply to a round this server did not send")
+        arrays_key = getattr(self.strategy, "arrayrecord_key", "arrays")
+        record, metrics = check_layout(msg.content, arrays_key)
+        check_metrics(metrics, self.max_num_examples)
         header = read_header(msg.content)
         mode = header.get(REPLY) if header is not None else None
         if mode != self.reply:
-            raise CodecError(f"reply mode {mode!r} differs from the requested {self.reply!r}")
-        if self._global is None:
-            raise CodecError("reply to a round this server did not send")
-        for record in msg.content.array_records.values():
-            self._note_payload("up_", record)
+            raise RejectedReplyError(
+                f"reply mode {mode!r} differs from the requested {self.reply!r}"
+            )
         shapes = {k: v.shape for k, v in self._global.items()}
+        check_payload_size(len(record_to_blob(record)), self.uplink_codec, shapes)
+        self._note_payload("up_", record)
         content = decode_content(msg.content, expected_codec=self.uplink, expected_shapes=shapes)
+        received = record_to_numpy(content[arrays_key])
+        check_finite(received)
         if self.reply == "update":
-            for key, record in list(content.array_records.items()):
-                update = record_to_numpy(record)
-                content[key] = numpy_to_record(
-                    OrderedDict((k, self._global[k] + update[k]) for k in self._global)
-                )
+            with np.errstate(over="ignore", invalid="ignore"):
+                received = OrderedDict((k, self._global[k] + received[k]) for k in self._global)
+            check_finite(received)  # a finite update can still overflow the sum
+            content[arrays_key] = numpy_to_record(received)
         return content
 
     def _decode(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         started = time.perf_counter()
-        out = []
+        out, rejected = [], 0
         for msg in replies:
             if not msg.has_error():
                 try:
                     msg.content = self._decode_reply(msg)
-                except CodecError as exc:
-                    log(
-                        WARNING,
-                        "round %d: reply from node %d rejected: %s",
-                        server_round,
-                        msg.metadata.src_node_id,
-                        exc,
-                    )
-                    msg = Message(
-                        metadata=msg.metadata,
-                        error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
-                    )
+                except (CodecError, RejectedReplyError) as exc:
+                    rejected += 1
+                    msg = self._rejected(server_round, msg, exc)
             out.append(msg)
+        self._round_metrics["rejected_replies"] = float(rejected)
+        self._harmonise_metrics(server_round, [m for m in out if not m.has_error()])
         self._add_seconds(time.perf_counter() - started)
         return out
+
+    def _harmonise_metrics(self, server_round: int, valid: list[Message]) -> None:
+        """Keep only the metric keys all valid replies share: Flower's strategies stop the
+        whole round on differing keys, and an extra client metric is no reason to lose a
+        good update."""
+        records = [next(iter(m.content.metric_records.items())) for m in valid]
+        keys = common_metric_keys([r for _, r in records])
+        dropped: set[str] = set()
+        for msg, (name, record) in zip(valid, records, strict=True):
+            if set(record.keys()) != keys:
+                dropped |= set(record.keys()) - keys
+                msg.content[name] = MetricRecord({k: v for k, v in record.items() if k in keys})
+        if dropped:
+            log(
+                WARNING,
+                "round %d: metrics %s not sent by every client, left out of the aggregate",
+                server_round,
+                sorted(dropped),
+            )
+
+    def _checked_evaluate_reply(self, server_round: int, msg: Message) -> Message:
+        """Evaluation replies weigh the clients' metrics by ``num-examples`` too."""
+        if msg.has_error():
+            return msg
+        try:
+            metrics = list(msg.content.metric_records.values())
+            if len(metrics) != 1:
+                raise RejectedReplyError(f"expected one MetricRecord, got {len(metrics)}")
+            check_metrics(metrics[0], self.max_num_examples)
+        except RejectedReplyError as exc:
+            return self._rejected(server_round, msg, exc)
+        return msg
+
+    def _rejected(self, server_round: int, msg: Message, exc: Exception) -> Message:
+        log(
+            WARNING,
+            "round %d: reply from node %d rejected: %s",
+            server_round,
+            msg.metadata.src_node_id,
+            exc,
+        )
+        return Message(
+            metadata=msg.metadata,
+            error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self._round_metrics["failed_replies"] = float(sum(m.has_error() for m in replies))
         decoded = self._decode(server_round, replies)
-        self._round_metrics["failed_replies"] = sum(m.has_error() for m in decoded)
-        arrays, metrics = self.strategy.aggregate_train(server_round, decoded)
+        arrays, metrics = self.strategy.aggregate_train(server_round + self.round_offset, decoded)
+        if arrays is None:
+            log(
+                WARNING,
+                "round %d: no valid reply, the global adapters stay as they were",
+                server_round,
+            )
         self._note("client_", metrics)
         return arrays, metrics
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """What a resumed run needs besides the global arrays: the server optimizer's state."""
+        return optimizer_state(self.strategy)
+
+    def load_state(self, arrays: dict[str, np.ndarray], completed_rounds: int) -> None:
+        """Continue after ``completed_rounds`` with the optimizer state ``state()`` returned."""
+        load_optimizer_state(self.strategy, arrays)
+        self.round_offset = completed_rounds
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        replies = list(replies)
-        self._evaluate_contents = [m.content for m in replies if not m.has_error()]
-        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        replies = [self._checked_evaluate_reply(server_round, m) for m in replies]
+        valid = [m for m in replies if not m.has_error()]
+        self._harmonise_metrics(server_round, valid)
+        self._evaluate_contents = [(m.metadata.src_node_id, m.content) for m in valid]
+        metrics = self.strategy.aggregate_evaluate(server_round + self.round_offset, replies)
         self._note("client_", metrics)
         return metrics

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, Strategy
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedTrimmedAvg,
+    Strategy,
+)
 
 from strategies.compression import CompressionStrategy
 
@@ -42,9 +49,13 @@ class StrategySettings:
     sparsity_scope: str = "global"
     sparse_value_bits: int = 32
     server_optimizer: str = "adam"
-    server_lr: float = 0.02
+    server_lr: float = 0.015
     density_schedule: str = "constant"
     server_eps: float = 1e-8
+    server_lr_schedule: str = "decay:0.7:5"
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    max_num_examples: int = 1_000_000
 
 
 _INNER: dict[str, type[Strategy]] = {"fedavg": FedAvg}
@@ -64,6 +75,13 @@ PRESETS: dict[str, Preset] = {
 }
 
 SERVER_OPTIMIZERS = ("adam", "sgd")
+
+# Coordinate-wise combiners of the decoded replies: Flower's FedAvg, FedMedian, FedTrimmedAvg.
+AGGREGATIONS: dict[str, type[FedAvg]] = {
+    "mean": FedAvg,
+    "median": FedMedian,
+    "trimmed-mean": FedTrimmedAvg,
+}
 
 # Widths the quant-bits keys accept: affine 1..8 bits, or a float codec.
 QUANT_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
@@ -96,7 +114,7 @@ def build_strategy(
         "min_available_nodes": min_available_nodes,
     }
     if preset.sparse:
-        factor = density_factor(wire.density_schedule)
+        factor = schedule_factor(wire.density_schedule)
 
         def codecs_for(server_round: int) -> tuple[str, str]:
             f = factor(server_round)
@@ -107,24 +125,54 @@ def build_strategy(
 
         down, up = codecs_for(1)
         return CompressionStrategy(
-            server_optimizer(wire.server_optimizer, wire.server_lr, sampling, wire.server_eps),
+            server_optimizer(
+                wire.server_optimizer,
+                wire.server_lr,
+                sampling,
+                wire.server_eps,
+                schedule_factor(wire.server_lr_schedule),
+                wire,
+            ),
             downlink=down,
             uplink=up,
             reply="update",
             error_feedback=wire.error_feedback,
             evaluate_downlink="fp32",
             codecs_for_round=codecs_for,
+            max_num_examples=wire.max_num_examples,
         )
-    inner = _INNER[preset.inner](**sampling)
+    inner = robust(_INNER[preset.inner], wire)(**sampling)
     if not preset.quantized:
-        return CompressionStrategy(inner, "fp32", "fp32")
+        return CompressionStrategy(inner, "fp32", "fp32", max_num_examples=wire.max_num_examples)
     return CompressionStrategy(
         inner,
         downlink=codec_spec(wire.quant_bits_down, wire.quant_granularity, wire.quant_meta),
         uplink=codec_spec(wire.quant_bits, wire.quant_granularity, wire.quant_meta),
         reply="update" if wire.quant_update else "weights",
         error_feedback=wire.error_feedback,
+        max_num_examples=wire.max_num_examples,
     )
+
+
+def robust(base: type[Strategy], wire: StrategySettings) -> type[Strategy]:
+    """``base`` with its mean of the replies replaced by ``wire.aggregation``'s combiner.
+
+    Flower's FedMedian / FedTrimmedAvg override FedAvg's ``aggregate_train``, and FedAdam /
+    FedAvgM call ``super().aggregate_train`` before their own step, so putting the combiner
+    after ``base`` in the MRO gives, e.g., Adam over the coordinate-wise median of the updates.
+    """
+    combiner = AGGREGATIONS[wire.aggregation]
+    if combiner is FedAvg:
+        return base
+    attrs = {"beta": wire.trim_fraction} if combiner is FedTrimmedAvg else {}
+
+    def _init(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        base.__init__(self, *args, **kwargs)
+        for name, value in attrs.items():
+            setattr(self, name, value)
+
+    bases = (combiner,) if issubclass(combiner, base) else (base, combiner)
+    return type(f"{base.__name__}{combiner.__name__}", bases, {"__init__": _init})
 
 
 def sparse_spec(density: float, scope: str, value_bits: int) -> str:
@@ -132,23 +180,88 @@ def sparse_spec(density: float, scope: str, value_bits: int) -> str:
     return f"topk:density={density!r}:scope={scope}:values={value_bits}"
 
 
-def server_optimizer(name: str, lr: float, sampling: dict, eps: float = 1e-8) -> Strategy:
+class _ScheduledLr:
+    """Mixin scaling a Flower optimizer's learning-rate attribute by a per-round factor.
+
+    Flower's FedAdam / FedAvgM read their rate from an attribute at aggregation time, so
+    setting it just before lets them keep their own update rule (and Adam's moments).
+    """
+
+    lr_attribute = ""
+
+    def set_lr_schedule(self, factor: Callable[[int], float]) -> None:
+        self._base_lr = float(getattr(self, self.lr_attribute))
+        self._lr_factor = factor
+
+    def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+        setattr(self, self.lr_attribute, self._base_lr * self._lr_factor(server_round))
+        self._lr_changed()
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+
+    def _lr_changed(self) -> None:
+        """Hook for optimizers that cache a decision taken from the rate."""
+
+
+class ScheduledFedAdam(_ScheduledLr, FedAdam):
+    """Flower's FedAdam with ``eta`` following a schedule."""
+
+    lr_attribute = "eta"
+
+
+class ScheduledFedAvgM(_ScheduledLr, FedAvgM):
+    """Flower's FedAvgM with ``server_learning_rate`` following a schedule."""
+
+    lr_attribute = "server_learning_rate"
+
+    def _lr_changed(self) -> None:
+        # FedAvgM decides once, at construction, whether to apply its rate at all (lr 1 and no
+        # momentum is plain FedAvg, bit for bit); a scheduled rate must re-take that decision.
+        self.server_opt = self.server_momentum != 0.0 or self.server_learning_rate != 1.0
+
+    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        # FedAvgM only tracks the global while its rate applies; with a schedule that can
+        # start applying mid-run, so always start the round from the global it is sent.
+        self.current_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+def server_optimizer(
+    name: str,
+    lr: float,
+    sampling: dict,
+    eps: float = 1e-8,
+    lr_factor: Callable[[int], float] = lambda _round: 1.0,
+    wire: StrategySettings | None = None,
+) -> Strategy:
     """Flower's FedAdam or FedAvgM as the server optimizer over the mean update.
 
     The wrapper hands them dense global + update per client, so their pseudo-gradient
     (aggregate minus current) is the weighted mean of the sparse updates, as in FLASC. Adam
     uses PyTorch's betas and epsilon (FLASC's AdamW without weight decay); sgd is plain
-    (no momentum), so lr = 1 is FedAvg of the updates.
+    (no momentum), so lr = 1 is FedAvg of the updates. ``lr_factor(round)`` scales the rate
+    round by round (``server-lr-schedule``).
     """
+    wire = wire or StrategySettings()
     if name == "adam":
-        return FedAdam(eta=lr, eta_l=lr, beta_1=0.9, beta_2=0.999, tau=eps, **sampling)
-    if name == "sgd":
-        return FedAvgM(server_learning_rate=lr, server_momentum=0.0, **sampling)
-    raise ValueError(f"server optimizer {name!r}: expected one of {', '.join(SERVER_OPTIMIZERS)}")
+        strategy = robust(ScheduledFedAdam, wire)(
+            eta=lr, eta_l=lr, beta_1=0.9, beta_2=0.999, tau=eps, **sampling
+        )
+    elif name == "sgd":
+        strategy = robust(ScheduledFedAvgM, wire)(
+            server_learning_rate=lr, server_momentum=0.0, **sampling
+        )
+    else:
+        raise ValueError(
+            f"server optimizer {name!r}: expected one of {', '.join(SERVER_OPTIMIZERS)}"
+        )
+    strategy.set_lr_schedule(lr_factor)
+    return strategy
 
 
-def density_factor(schedule: str) -> Callable[[int], float]:
-    """``constant`` -> 1; ``decay:F:N`` -> F ** ((round - 1) // N): multiplicative decay."""
+def schedule_factor(schedule: str) -> Callable[[int], float]:
+    """``constant`` -> 1; ``decay:F:N`` -> F ** ((round - 1) // N): multiplicative decay.
+
+    One grammar for every per-round schedule (densities, server learning rate)."""
     if schedule == "constant":
         return lambda _round: 1.0
     try:
@@ -158,7 +271,6 @@ def density_factor(schedule: str) -> Callable[[int], float]:
         kind, factor, every = "", 0.0, 0
     if kind != "decay" or not 0.0 < factor <= 1.0 or every < 1:
         raise ValueError(
-            f"density schedule {schedule!r}: expected constant or decay:F:N "
-            "with 0 < F <= 1 and N >= 1"
+            f"schedule {schedule!r}: expected constant or decay:F:N with 0 < F <= 1 and N >= 1"
         )
     return lambda server_round: factor ** ((server_round - 1) // every)

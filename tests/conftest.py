@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
 
 import pytest
 from flwr.app import Context, Message, Metadata, RecordDict
+from flwr.supercore.logger import FLOWER_LOGGER
 
 from flora_app.lora import ModelSpec
 
@@ -55,3 +58,27 @@ def tiny_run_config() -> dict:
         {"model": "cnn", "model-width": 16, "lora-r": 4, "lora-alpha": 8.0, "local-epochs": 1}
     )
     return cfg
+
+
+@pytest.fixture
+def warnings_log() -> Iterator[list[str]]:
+    """The messages Flower logged at WARNING or above during a test."""
+    lines: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = _Keep(level=logging.WARNING)
+    FLOWER_LOGGER.addHandler(handler)
+    yield lines
+    FLOWER_LOGGER.removeHandler(handler)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> None:
+    """Messages built by strategies take their run from Flower's task identity, which a
+    SuperLink sets for a real ServerApp process; tests stand in for it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1

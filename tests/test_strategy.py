@@ -16,7 +16,7 @@ from strategies.presets import (
     StrategySettings,
     build_strategy,
     codec_spec,
-    density_factor,
+    schedule_factor,
 )
 from strategies.wire import (
     HEADER_KEY,
@@ -142,7 +142,8 @@ def test_a_bad_reply_is_dropped_and_the_rest_aggregate_exactly(corrupt: str) -> 
     got = record_to_numpy(strategy.aggregate_train(1, [*replies, bad])[0])
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6)
-    assert strategy.take_round_metrics()["failed_replies"] == 1
+    metrics = strategy.take_round_metrics()
+    assert metrics["rejected_replies"] == 1 and metrics["failed_replies"] == 0
 
 
 def test_presets_cover_the_baselines_and_flocora() -> None:
@@ -262,4 +263,66 @@ def test_density_schedule_decays_the_codecs_round_by_round() -> None:
         seen.append((strategy.downlink.density, get_codec(strategy.uplink).density))
     assert seen == [(0.8, 0.4), (0.8, 0.4), (0.4, 0.2), (0.2, 0.1)]
     with pytest.raises(ValueError, match="decay:F:N"):
-        density_factor("decay:2:1")
+        schedule_factor("decay:2:1")
+
+
+@pytest.mark.parametrize("aggregation", ["median", "trimmed-mean"])
+def test_robust_aggregation_ignores_a_poisoned_but_valid_reply(aggregation: str) -> None:
+    settings = StrategySettings(aggregation=aggregation, trim_fraction=0.25)
+    strategy = build_strategy("fedlora", 1.0, 0.1, settings, min_available_nodes=1)
+    strategy.strategy.min_train_nodes = 1
+    _send(strategy, _arrays(0))
+    clients = [(_arrays(i), 10) for i in (1, 2, 3)] + [(_arrays(4, scale=1e4), 10)]
+    replies = [_reply(a, n, src=i + 1, codec="fp32") for i, (a, n) in enumerate(clients)]
+    got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+    stacked = {k: np.stack([a[k] for a, _ in clients]) for k in clients[0][0]}
+    for key, values in stacked.items():
+        ordered = np.sort(values, axis=0)
+        expected = (
+            np.median(values, axis=0) if aggregation == "median" else ordered[1:3].mean(axis=0)
+        )
+        np.testing.assert_allclose(got[key], expected, rtol=1e-6, atol=1e-6)
+        assert np.abs(got[key]).max() < 10  # the 1e4-scaled reply did not drag it away
+    mean = _weighted_mean(clients)
+    assert np.abs(mean["w"]).max() > 100  # while the plain mean would have been
+
+
+def test_flasc_composes_its_server_optimizer_with_the_median_of_the_updates() -> None:
+    settings = StrategySettings(
+        density_up=1.0,
+        density_down=1.0,
+        server_optimizer="sgd",
+        server_lr=1.0,
+        aggregation="median",
+    )
+    strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
+    strategy.strategy.min_train_nodes = 1
+    dense = _arrays(0)
+    _send(strategy, dense)
+    updates = [(_arrays(i, scale=0.1), n) for i, n in ((1, 1), (2, 50), (3, 1))]
+    replies = _sparse_replies(strategy, updates)
+    got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+    for key in dense:
+        median = np.median(np.stack([u[key] for u, _ in updates]), axis=0)
+        np.testing.assert_allclose(got[key], dense[key] + median, rtol=1e-5, atol=1e-6)
+
+
+def test_server_lr_schedule_scales_the_optimizer_step_round_by_round() -> None:
+    settings = StrategySettings(
+        density_up=1.0,
+        density_down=1.0,
+        server_optimizer="sgd",
+        server_lr=1.0,
+        server_lr_schedule="decay:0.5:1",
+    )
+    strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
+    strategy.strategy.min_train_nodes = 1
+    dense = _arrays(0)
+    for server_round, factor in ((1, 1.0), (2, 0.5), (3, 0.25)):
+        _send(strategy, dense)
+        update = _arrays(server_round, scale=0.1)
+        (reply,) = _sparse_replies(strategy, [(update, 5)])
+        got = record_to_numpy(strategy.aggregate_train(server_round, [reply])[0])
+        for key in dense:
+            np.testing.assert_allclose(got[key], dense[key] + factor * update[key], atol=1e-6)
+        dense = got

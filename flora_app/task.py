@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,12 +57,31 @@ def partition_of(node_config: Mapping[str, Any]) -> tuple[int, int]:
     return pid, num
 
 
+def node_data_spec(cfg: FloraConfig, node_config: Mapping[str, Any]) -> DataSpec:
+    """The run's ``DataSpec``, with this SuperNode's own ``data-path`` if it was given one.
+
+    ``--node-config "data-path=/data/cifar10 ..."`` lets each edge device read its own local
+    copy (CIFAR-10's Hub format, like ``dataset-source``) instead of the run-wide source; the
+    device still takes partition ``partition-id`` of ``num-partitions`` of it (use
+    ``partition-id=0 num-partitions=1`` when the local copy already is this device's share).
+    """
+    spec = data_spec(cfg)
+    path = node_config.get("data-path")
+    if path is None or path == "":
+        return spec
+    if cfg.dataset != "cifar10":
+        raise NodeConfigError(
+            f"node config data-path={path!r}: only for dataset 'cifar10', not {cfg.dataset!r}"
+        )
+    return dataclasses.replace(spec, source=str(path))
+
+
 def load_client_data(
     cfg: FloraConfig, node_config: Mapping[str, Any]
 ) -> tuple[Dataset, Split, Split]:
     """The dataset plus this node's train and validation splits (cached per process)."""
     pid, num = partition_of(node_config)
-    dataset = load_dataset(data_spec(cfg))
+    dataset = load_dataset(node_data_spec(cfg, node_config))
     train, val = client_splits(
         dataset, pid, num, cfg.partitioner, cfg.dirichlet_alpha, cfg.val_fraction, cfg.seed
     )

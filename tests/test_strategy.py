@@ -170,10 +170,14 @@ def test_downlink_is_encoded_once_and_names_the_reply_codec() -> None:
 
 
 def _flasc(
-    optimizer: str, lr: float, density_up: float = 0.5, density_down: float = 1.0
+    optimizer: str, lr: float, density_up: float = 0.5, density_down: float = 1.0, **extra
 ) -> CompressionStrategy:
     settings = StrategySettings(
-        density_up=density_up, density_down=density_down, server_optimizer=optimizer, server_lr=lr
+        density_up=density_up,
+        density_down=density_down,
+        server_optimizer=optimizer,
+        server_lr=lr,
+        **extra,
     )
     strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
     strategy.strategy.min_train_nodes = 1
@@ -288,15 +292,7 @@ def test_robust_aggregation_ignores_a_poisoned_but_valid_reply(aggregation: str)
 
 
 def test_flasc_composes_its_server_optimizer_with_the_median_of_the_updates() -> None:
-    settings = StrategySettings(
-        density_up=1.0,
-        density_down=1.0,
-        server_optimizer="sgd",
-        server_lr=1.0,
-        aggregation="median",
-    )
-    strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
-    strategy.strategy.min_train_nodes = 1
+    strategy = _flasc("sgd", 1.0, density_up=1.0, aggregation="median")
     dense = _arrays(0)
     _send(strategy, dense)
     updates = [(_arrays(i, scale=0.1), n) for i, n in ((1, 1), (2, 50), (3, 1))]
@@ -308,15 +304,7 @@ def test_flasc_composes_its_server_optimizer_with_the_median_of_the_updates() ->
 
 
 def test_server_lr_schedule_scales_the_optimizer_step_round_by_round() -> None:
-    settings = StrategySettings(
-        density_up=1.0,
-        density_down=1.0,
-        server_optimizer="sgd",
-        server_lr=1.0,
-        server_lr_schedule="decay:0.5:1",
-    )
-    strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
-    strategy.strategy.min_train_nodes = 1
+    strategy = _flasc("sgd", 1.0, density_up=1.0, server_lr_schedule="decay:0.5:1")
     dense = _arrays(0)
     for server_round, factor in ((1, 1.0), (2, 0.5), (3, 0.25)):
         _send(strategy, dense)

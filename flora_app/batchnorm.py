@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from flora_app.data import Split
+from strategies.validation import RejectedReplyError, check_count
 
 MEAN_SUFFIX = ".running_mean"
 VAR_SUFFIX = ".running_var"
@@ -67,10 +68,10 @@ def batchnorm_part_problem(
     stats: dict[str, np.ndarray], count: object, shapes: dict[str, tuple[int, ...]]
 ) -> str | None:
     """Why one client's BatchNorm measurement must not be pooled, or None if it is fit."""
-    if isinstance(count, bool) or not isinstance(count, (int, float)) or count != int(count):
-        return f"bn-examples = {count!r} is not an integer"
-    if not 1 <= count <= MAX_BN_EXAMPLES:
-        return f"bn-examples = {count!r} outside 1..{MAX_BN_EXAMPLES}"
+    try:
+        check_count("bn-examples", count, MAX_BN_EXAMPLES)
+    except RejectedReplyError as exc:
+        return str(exc)
     if set(stats) != set(shapes):
         return "statistics names differ from the model's"
     for name, value in stats.items():

@@ -39,6 +39,7 @@ from strategies.validation import (
     check_metrics,
     check_payload_size,
     common_metric_keys,
+    only_metric_record,
 )
 from strategies.wire import (
     REPLY,
@@ -260,10 +261,7 @@ class CompressionStrategy(Strategy):
         if msg.has_error():
             return msg
         try:
-            metrics = list(msg.content.metric_records.values())
-            if len(metrics) != 1:
-                raise RejectedReplyError(f"expected one MetricRecord, got {len(metrics)}")
-            check_metrics(metrics[0], self.max_num_examples)
+            check_metrics(only_metric_record(msg.content), self.max_num_examples)
         except RejectedReplyError as exc:
             return self._rejected(server_round, msg, exc)
         return msg

@@ -36,13 +36,19 @@ def check_layout(content: RecordDict, arrays_key: str) -> tuple[ArrayRecord, Met
         raise RejectedReplyError(
             f"expected one ArrayRecord {arrays_key!r}, got {[k for k, _ in arrays]}"
         )
-    metrics = list(content.metric_records.values())
-    if len(metrics) != 1:
-        raise RejectedReplyError(f"expected one MetricRecord, got {len(metrics)}")
+    metrics = only_metric_record(content)
     unexpected = [k for k in content.config_records if k != HEADER_KEY]
     if unexpected:
         raise RejectedReplyError(f"unexpected ConfigRecords {unexpected}")
-    return arrays[0][1], metrics[0]
+    return arrays[0][1], metrics
+
+
+def only_metric_record(content: RecordDict) -> MetricRecord:
+    """The reply's single MetricRecord (training and evaluation replies carry exactly one)."""
+    metrics = list(content.metric_records.values())
+    if len(metrics) != 1:
+        raise RejectedReplyError(f"expected one MetricRecord, got {len(metrics)}")
+    return metrics[0]
 
 
 def check_metrics(metrics: MetricRecord, max_num_examples: int) -> int:
@@ -53,11 +59,17 @@ def check_metrics(metrics: MetricRecord, max_num_examples: int) -> int:
             raise RejectedReplyError(f"metric {key!r} is not a finite number")
     if NUM_EXAMPLES not in metrics:
         raise RejectedReplyError(f"metric {NUM_EXAMPLES!r} is missing")
-    count = metrics[NUM_EXAMPLES]
-    if isinstance(count, (list, bool)) or count != int(count):
-        raise RejectedReplyError(f"{NUM_EXAMPLES} = {count!r} is not an integer")
-    if not 1 <= count <= max_num_examples:
-        raise RejectedReplyError(f"{NUM_EXAMPLES} = {count!r} outside 1..{max_num_examples}")
+    return check_count(NUM_EXAMPLES, metrics[NUM_EXAMPLES], max_num_examples)
+
+
+def check_count(key: str, count: object, bound: int) -> int:
+    """An example count: an integer in 1..bound (strategies weigh replies by it)."""
+    if isinstance(count, (list, bool)) or not isinstance(count, (int, float)):
+        raise RejectedReplyError(f"{key} = {count!r} is not an integer")
+    if count != int(count):
+        raise RejectedReplyError(f"{key} = {count!r} is not an integer")
+    if not 1 <= count <= bound:
+        raise RejectedReplyError(f"{key} = {count!r} outside 1..{bound}")
     return int(count)
 
 

@@ -1,10 +1,15 @@
 """``chaos-clients``: a test knob that turns some SuperNodes into broken or lying clients.
 
-A SuperNode whose ``partition-id`` is below ``chaos-clients`` trains normally, then spoils its
-encoded training reply before it leaves: a NaN written into the payload, a payload cut in half,
-or a claim of a billion examples, in turn by round. It sits outside ``compression_mod`` so it
-damages exactly what would cross the wire; the server must reject every such reply and still
-finish the run with the good ones.
+In round t, the ``chaos-clients`` partitions starting at (t - 1) mod ``num-partitions`` are
+broken: such a SuperNode trains normally, then spoils its encoded training reply before it
+leaves: a NaN written into the payload, a payload cut in half, or a claim of a billion
+examples, in turn by round. It sits outside ``compression_mod`` so it damages exactly what would
+cross the wire; the server must reject every such reply and still finish the run with the good
+ones.
+
+The broken pair moves round by round so that the demo measures what bad replies cost, not what
+losing two partitions' data for the whole run costs: with a fixed pair, the federation simply
+never sees their (non-IID) data, whatever the server does.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ NAN = struct.pack("<f", float("nan"))
 def chaos_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     reply = call_next(msg, context)
     chaos = int(context.run_config.get("chaos-clients", 0))
-    partition = int(context.node_config.get("partition-id", -1))
-    if msg.metadata.message_type != "train" or reply.has_error() or not 0 <= partition < chaos:
+    if msg.metadata.message_type != "train" or reply.has_error() or chaos <= 0:
         return reply
     config = next((r for r in msg.content.config_records.values() if "server-round" in r), None)
     server_round = int(config["server-round"]) if isinstance(config, ConfigRecord) else 0
+    partition = int(context.node_config.get("partition-id", -1))
+    partitions = int(context.node_config.get("num-partitions", 0))
+    if not is_broken(partition, partitions, chaos, server_round):
+        return reply
     kind = KINDS[(server_round + partition) % len(KINDS)]
     for key, record in list(reply.content.array_records.items()):
         blob = bytearray(record_to_blob(record))
@@ -41,6 +49,15 @@ def chaos_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
         for key, metrics in list(reply.content.metric_records.items()):
             reply.content[key] = MetricRecord({**metrics, "num-examples": 10**9})
     return reply
+
+
+def is_broken(partition: int, num_partitions: int, chaos: int, server_round: int) -> bool:
+    """Whether ``partition`` is one of round ``server_round``'s ``chaos`` broken partitions."""
+    if partition < 0:
+        return False
+    if num_partitions <= 0:  # no federation size known: the first ``chaos`` partitions
+        return partition < chaos
+    return (partition - (server_round - 1)) % num_partitions < min(chaos, num_partitions)
 
 
 def _write_nan(blob: bytearray) -> None:

@@ -112,10 +112,17 @@ class FloraConfig(StrategySettings):
                 "[0, 0.5), the share of replies cut from each tail"
             )
         _positive("max-num-examples", self.max_num_examples)
+        if not 0.0 <= self.over_selection <= 10.0:
+            raise ConfigError(
+                f"run-config 'over-selection' = {self.over_selection!r}: expected a number in "
+                "[0, 10], the share of extra nodes sampled per training round"
+            )
         _open_closed("density-up", self.density_up, 0.0, 1.0)
         _open_closed("density-down", self.density_down, 0.0, 1.0)
         _positive("server-lr", self.server_lr)
         _positive("server-eps", self.server_eps)
+        _closed_open("server-beta1", self.server_beta1, 0.0, 1.0)
+        _closed_open("server-beta2", self.server_beta2, 0.0, 1.0)
         for key, schedule in (
             ("density-schedule", self.density_schedule),
             ("server-lr-schedule", self.server_lr_schedule),

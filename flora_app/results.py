@@ -118,16 +118,22 @@ def _per_client(rounds: list[dict[str, Any]], key: str, count_key: str) -> float
 
 
 def progress_line(record: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    """``round 3/20 | acc 0.912 loss 0.31 | up 0.54 MB (1.6) down 0.54 MB (1.6) | 2.1 s``."""
+    """``round 3/20 | acc 0.912 loss 0.31 | up 0.54 MB (1.6) down 0.54 MB (1.6) | 2.1 s``,
+    plus ``| replies: 5 used, 2 rejected, 0 failed, 0 spare`` in a round that lost any."""
     cum_up = sum(r["bytes_up"] for r in history) / MB
     cum_down = sum(r["bytes_down"] for r in history) / MB
-    return (
+    line = (
         f"round {record['round']}/{record['rounds_total']} | "
         f"acc {record['accuracy']:.4f} loss {record['loss']:.4f} | "
         f"up {record['bytes_up'] / MB:.3f} MB (cum {cum_up:.2f}) "
         f"down {record['bytes_down'] / MB:.3f} MB (cum {cum_down:.2f}) | "
         f"{record['seconds']:.1f} s"
     )
+    lost = {k: int(record.get(f"{k}_replies", 0)) for k in ("rejected", "failed", "spare")}
+    if any(lost.values()):
+        used = int(record.get("aggregated_replies", 0))
+        line += " | replies: " + ", ".join([f"{used} used"] + [f"{n} {k}" for k, n in lost.items()])
+    return line
 
 
 def plot_accuracy_vs_comm(

@@ -52,10 +52,13 @@ class StrategySettings:
     server_lr: float = 0.015
     density_schedule: str = "constant"
     server_eps: float = 1e-8
+    server_beta1: float = 0.9
+    server_beta2: float = 0.999
     server_lr_schedule: str = "decay:0.7:5"
     aggregation: str = "mean"
     trim_fraction: float = 0.2
     max_num_examples: int = 1_000_000
+    over_selection: float = 0.0
 
 
 _INNER: dict[str, type[Strategy]] = {"fedavg": FedAvg}
@@ -140,10 +143,17 @@ def build_strategy(
             evaluate_downlink="fp32",
             codecs_for_round=codecs_for,
             max_num_examples=wire.max_num_examples,
+            over_selection=wire.over_selection,
         )
     inner = robust(_INNER[preset.inner], wire)(**sampling)
     if not preset.quantized:
-        return CompressionStrategy(inner, "fp32", "fp32", max_num_examples=wire.max_num_examples)
+        return CompressionStrategy(
+            inner,
+            "fp32",
+            "fp32",
+            max_num_examples=wire.max_num_examples,
+            over_selection=wire.over_selection,
+        )
     return CompressionStrategy(
         inner,
         downlink=codec_spec(wire.quant_bits_down, wire.quant_granularity, wire.quant_meta),
@@ -151,6 +161,7 @@ def build_strategy(
         reply="update" if wire.quant_update else "weights",
         error_feedback=wire.error_feedback,
         max_num_examples=wire.max_num_examples,
+        over_selection=wire.over_selection,
     )
 
 
@@ -237,14 +248,20 @@ def server_optimizer(
 
     The wrapper hands them dense global + update per client, so their pseudo-gradient
     (aggregate minus current) is the weighted mean of the sparse updates, as in FLASC. Adam
-    uses PyTorch's betas and epsilon (FLASC's AdamW without weight decay); sgd is plain
+    uses PyTorch's betas and epsilon by default (FLASC's AdamW without weight decay; the
+    ``server-beta1`` / ``server-beta2`` / ``server-eps`` keys change them); sgd is plain
     (no momentum), so lr = 1 is FedAvg of the updates. ``lr_factor(round)`` scales the rate
     round by round (``server-lr-schedule``).
     """
     wire = wire or StrategySettings()
     if name == "adam":
         strategy = robust(ScheduledFedAdam, wire)(
-            eta=lr, eta_l=lr, beta_1=0.9, beta_2=0.999, tau=eps, **sampling
+            eta=lr,
+            eta_l=lr,
+            beta_1=wire.server_beta1,
+            beta_2=wire.server_beta2,
+            tau=eps,
+            **sampling,
         )
     elif name == "sgd":
         strategy = robust(ScheduledFedAvgM, wire)(

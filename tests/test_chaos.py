@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flora_app.chaos import is_broken
 from flora_app.config import FloraConfig
 from flora_app.server_app import run
 from tests.local_grid import LocalGrid
@@ -45,12 +46,38 @@ def test_two_chaos_clients_are_rejected_every_round_and_the_run_finishes(
     assert all(np.isfinite(r["accuracy"]) and np.isfinite(r["loss"]) for r in rounds)
     rejected = [line for line in warnings_log if "rejected" in line]
     assert len(rejected) == 6
-    chaos_nodes = {grid.node_ids[0], grid.node_ids[1]}
-    assert {int(line.split("node ")[1].split()[0]) for line in rejected} == chaos_nodes
+    # the broken pair moves on by one partition each round: {0, 1}, {1, 2}, {2, 3}
+    for server_round in (1, 2, 3):
+        nodes = {
+            int(line.split("node ")[1].split()[0])
+            for line in rejected
+            if line.startswith(f"round {server_round}:")
+        }
+        expected = {grid.node_ids[server_round - 1], grid.node_ids[server_round % 4]}
+        assert nodes == expected, (server_round, nodes, expected)
     # every kind of spoiling happened and was recognised for what it is
     assert any("NaN" in line or "non-finite" in line for line in rejected), rejected
     assert any("bytes" in line for line in rejected), rejected  # truncated payload
     assert any("num-examples = 1000000000" in line for line in rejected), rejected
+
+
+@pytest.mark.parametrize(
+    ("partitions", "chaos", "server_round", "broken"),
+    [
+        (10, 2, 1, {0, 1}),
+        (10, 2, 2, {1, 2}),
+        (10, 2, 10, {9, 0}),
+        (10, 2, 11, {0, 1}),
+        (3, 5, 4, {0, 1, 2}),  # more chaos clients than partitions: all of them
+        (0, 2, 7, {0, 1}),  # federation size unknown: the first ones, every round
+    ],
+)
+def test_broken_partitions_rotate_by_round(
+    partitions: int, chaos: int, server_round: int, broken: set[int]
+) -> None:
+    ids = range(partitions or 10)
+    assert {p for p in ids if is_broken(p, partitions, chaos, server_round)} == broken
+    assert not is_broken(-1, partitions, chaos, server_round)
 
 
 def test_bad_batchnorm_statistics_are_left_out_of_the_pool(

@@ -68,7 +68,7 @@ def test_readme_configuration_table_matches_the_defaults() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     table = readme[readme.index("## Configuration") :]
     rows: dict[str, str] = {}
-    for key, value in re.findall(r"^\| `([a-z-]+)` \| ([^|]+) \|", table, flags=re.MULTILINE):
+    for key, value in re.findall(r"^\| `([a-z0-9-]+)` \| ([^|]+) \|", table, flags=re.MULTILINE):
         rows.setdefault(key, value)
     for key, default in DEFAULTS.items():
         assert key in rows, f"README configuration table lacks {key!r}"

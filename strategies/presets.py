@@ -49,9 +49,9 @@ class StrategySettings:
     sparsity_scope: str = "global"
     sparse_value_bits: int = 32
     server_optimizer: str = "adam"
-    server_lr: float = 0.015
+    server_lr: float = 0.05
     density_schedule: str = "constant"
-    server_eps: float = 1e-8
+    server_eps: float = 1e-3
     server_beta1: float = 0.9
     server_beta2: float = 0.999
     server_lr_schedule: str = "decay:0.7:5"
@@ -240,7 +240,7 @@ def server_optimizer(
     name: str,
     lr: float,
     sampling: dict,
-    eps: float = 1e-8,
+    eps: float = 1e-3,
     lr_factor: Callable[[int], float] = lambda _round: 1.0,
     wire: StrategySettings | None = None,
 ) -> Strategy:
@@ -248,10 +248,12 @@ def server_optimizer(
 
     The wrapper hands them dense global + update per client, so their pseudo-gradient
     (aggregate minus current) is the weighted mean of the sparse updates, as in FLASC. Adam
-    uses PyTorch's betas and epsilon by default (FLASC's AdamW without weight decay; the
-    ``server-beta1`` / ``server-beta2`` / ``server-eps`` keys change them); sgd is plain
-    (no momentum), so lr = 1 is FedAvg of the updates. ``lr_factor(round)`` scales the rate
-    round by round (``server-lr-schedule``).
+    uses PyTorch's betas (FLASC's AdamW, without weight decay) and Flower's own default
+    epsilon, 1e-3 (``tau``, after Reddi et al.): the mean sparse update is mostly far below it,
+    so small coordinates step in proportion to their update and only large ones are
+    normalised (README, FLASC); ``server-beta1`` / ``server-beta2`` / ``server-eps`` change
+    them. sgd is plain (no momentum), so lr = 1 is FedAvg of the updates. ``lr_factor(round)``
+    scales the rate round by round (``server-lr-schedule``).
     """
     wire = wire or StrategySettings()
     if name == "adam":

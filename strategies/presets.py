@@ -116,6 +116,8 @@ def build_strategy(
         "min_evaluate_nodes": 1 if fraction_evaluate > 0 else 0,
         "min_available_nodes": min_available_nodes,
     }
+    # What the wrapper does with replies, the same for every preset.
+    replies = {"max_num_examples": wire.max_num_examples, "over_selection": wire.over_selection}
     if preset.sparse:
         factor = schedule_factor(wire.density_schedule)
 
@@ -128,40 +130,25 @@ def build_strategy(
 
         down, up = codecs_for(1)
         return CompressionStrategy(
-            server_optimizer(
-                wire.server_optimizer,
-                wire.server_lr,
-                sampling,
-                wire.server_eps,
-                schedule_factor(wire.server_lr_schedule),
-                wire,
-            ),
+            server_optimizer(sampling, wire),
             downlink=down,
             uplink=up,
             reply="update",
             error_feedback=wire.error_feedback,
             evaluate_downlink="fp32",
             codecs_for_round=codecs_for,
-            max_num_examples=wire.max_num_examples,
-            over_selection=wire.over_selection,
+            **replies,
         )
     inner = robust(_INNER[preset.inner], wire)(**sampling)
     if not preset.quantized:
-        return CompressionStrategy(
-            inner,
-            "fp32",
-            "fp32",
-            max_num_examples=wire.max_num_examples,
-            over_selection=wire.over_selection,
-        )
+        return CompressionStrategy(inner, "fp32", "fp32", **replies)
     return CompressionStrategy(
         inner,
         downlink=codec_spec(wire.quant_bits_down, wire.quant_granularity, wire.quant_meta),
         uplink=codec_spec(wire.quant_bits, wire.quant_granularity, wire.quant_meta),
         reply="update" if wire.quant_update else "weights",
         error_feedback=wire.error_feedback,
-        max_num_examples=wire.max_num_examples,
-        over_selection=wire.over_selection,
+        **replies,
     )
 
 
@@ -236,15 +223,8 @@ class ScheduledFedAvgM(_ScheduledLr, FedAvgM):
         return super().configure_train(server_round, arrays, config, grid)
 
 
-def server_optimizer(
-    name: str,
-    lr: float,
-    sampling: dict,
-    eps: float = 1e-3,
-    lr_factor: Callable[[int], float] = lambda _round: 1.0,
-    wire: StrategySettings | None = None,
-) -> Strategy:
-    """Flower's FedAdam or FedAvgM as the server optimizer over the mean update.
+def server_optimizer(sampling: dict, wire: StrategySettings) -> Strategy:
+    """Flower's FedAdam or FedAvgM (``server-optimizer``) over the mean update.
 
     The wrapper hands them dense global + update per client, so their pseudo-gradient
     (aggregate minus current) is the weighted mean of the sparse updates, as in FLASC. Adam
@@ -252,17 +232,17 @@ def server_optimizer(
     epsilon, 1e-3 (``tau``, after Reddi et al.): the mean sparse update is mostly far below it,
     so small coordinates step in proportion to their update and only large ones are
     normalised (README, FLASC); ``server-beta1`` / ``server-beta2`` / ``server-eps`` change
-    them. sgd is plain (no momentum), so lr = 1 is FedAvg of the updates. ``lr_factor(round)``
-    scales the rate round by round (``server-lr-schedule``).
+    them. sgd is plain (no momentum), so lr = 1 is FedAvg of the updates.
+    ``server-lr-schedule`` scales the rate round by round.
     """
-    wire = wire or StrategySettings()
+    name, lr = wire.server_optimizer, wire.server_lr
     if name == "adam":
         strategy = robust(ScheduledFedAdam, wire)(
             eta=lr,
             eta_l=lr,
             beta_1=wire.server_beta1,
             beta_2=wire.server_beta2,
-            tau=eps,
+            tau=wire.server_eps,
             **sampling,
         )
     elif name == "sgd":
@@ -273,7 +253,7 @@ def server_optimizer(
         raise ValueError(
             f"server optimizer {name!r}: expected one of {', '.join(SERVER_OPTIMIZERS)}"
         )
-    strategy.set_lr_schedule(lr_factor)
+    strategy.set_lr_schedule(schedule_factor(wire.server_lr_schedule))
     return strategy
 
 

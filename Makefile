@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH_VERSION ?= 2.13.0
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.6.2
 SUPERNODES ?= 10
 RUN_CONFIG ?=
 BENCH_ARGS ?=
@@ -11,33 +13,49 @@ BENCH_ARGS ?=
 
 install: $(VENV)/.installed
 
-# torch first, pinned to the CPU wheel on disk: an open range would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# Exactly the lock file's versions (every direct and transitive dependency), then the project
+# itself without touching them. A changed lock rebuilds the venv from scratch, so nothing a
+# previous lock installed survives. pip itself is pinned too (the lock does not list it).
+$(VENV)/.installed: $(LOCK) pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet "pip==$(PIP_VERSION)"
+	$(BIN)/pip install --quiet --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
+# Re-resolve the dependencies deliberately (after editing pyproject.toml). pip-tools rather than
+# uv: it resolves with pip itself, so it sees the local wheel folders and the torch cap this
+# machine's pip configuration names (uv does not read pip's configuration).
+.PHONY: lock
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet "pip-tools==$(PIP_TOOLS_VERSION)"
+	.lock-venv/bin/pip-compile --quiet --extra dev --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
+	rm -rf .lock-venv
+
 run: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_simulation.py \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flora_tools.run_simulation \
 		--supernodes $(SUPERNODES) --run-config "$(RUN_CONFIG)"
 
-# Real processes on loopback (scripts/deploy.py): one flower-superlink, SUPERNODES
+# Real processes on loopback (flora_tools/deploy.py): one flower-superlink, SUPERNODES
 # flower-supernode processes (3 unless given), TLS with a throw-away CA unless INSECURE=1,
 # SuperNode authentication with AUTH=1; RUN_CONFIG goes on top of
 # "strategy='flocora' num-server-rounds=3 fraction-train=1.0". Stops everything it started.
 DEPLOY_SUPERNODES := $(if $(filter command line environment,$(origin SUPERNODES)),$(SUPERNODES),3)
 .PHONY: deploy
 deploy: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/deploy.py \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flora_tools.deploy \
 		--supernodes $(DEPLOY_SUPERNODES) --run-config "$(RUN_CONFIG)" \
 		$(if $(filter 1,$(INSECURE)),--insecure) $(if $(filter 1,$(AUTH)),--auth)
 
-# The accuracy-vs-bytes sweep (flora_app/bench.py), one flwr run at a time, e.g.
+# The accuracy-vs-bytes sweep (flora_tools/bench.py), one flwr run at a time, e.g.
 # make bench BENCH_ARGS="--seeds 3" or BENCH_ARGS="--configs fedavg,flocora-q4 --rounds 10".
 bench: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flora_app.bench $(BENCH_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flora_tools.bench $(BENCH_ARGS)
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
@@ -50,4 +68,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .flwr .pytest_cache outputs
+	rm -rf $(VENV) .lock-venv .flwr .pytest_cache outputs

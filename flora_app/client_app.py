@@ -11,19 +11,19 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flora_app.batchnorm import measure_batchnorm_statistics
 from flora_app.chaos import chaos_mod
 from flora_app.config import FloraConfig
-from flora_app.lora import (
+from flora_app.ml.batchnorm import measure_batchnorm_statistics
+from flora_app.ml.lora import (
     base_fingerprint_of,
     build_trainable,
     exchanged_state,
     load_exchanged_state,
     running_statistics,
 )
+from flora_app.ml.training import evaluate as evaluate_model
+from flora_app.ml.training import train as train_model
 from flora_app.task import load_client_data, model_spec, partition_of
-from flora_app.training import evaluate as evaluate_model
-from flora_app.training import train as train_model
 from strategies.mod import compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
 
@@ -59,15 +59,18 @@ def train(msg: Message, context: Context) -> Message:
     partition, _ = partition_of(context.node_config)
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
+    local = cfg.training
     loss = train_model(
         model,
         train_split,
-        epochs=int(config.get("local-epochs", cfg.local_epochs)),
-        batch_size=int(config.get("batch-size", cfg.batch_size)),
-        lr=float(config.get("lr", cfg.lr)),
-        momentum=float(config.get("momentum", cfg.momentum)),
+        epochs=int(config.get("local-epochs", local.local_epochs)),
+        batch_size=int(config.get("batch-size", local.batch_size)),
+        lr=float(config.get("lr", local.lr)),
+        momentum=float(config.get("momentum", local.momentum)),
         augment=dataset.augment,
-        seed=int(np.random.SeedSequence([cfg.seed, server_round, partition]).generate_state(1)[0]),
+        seed=int(
+            np.random.SeedSequence([cfg.run.seed, server_round, partition]).generate_state(1)[0]
+        ),
     )
     content = RecordDict(
         {
@@ -84,7 +87,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     Besides validation metrics, the reply carries the BatchNorm moments of the received global
     model on this node's training data (``bn-stats``), which the server pools into exact
-    statistics for the global model (see ``flora_app.batchnorm``).
+    statistics for the global model (see ``flora_app.ml.batchnorm``).
     """
     _, _, train_split, val_split, spec, model = _prepare(msg, context)
     measured = measure_batchnorm_statistics(model, train_split)

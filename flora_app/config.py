@@ -1,30 +1,36 @@
 """The run configuration, resolved and validated once, before any training starts.
 
 Flower hands both apps a flat ``run_config`` mapping (``pyproject.toml`` defaults plus
-``--run-config`` overrides). Everything downstream reads the typed ``FloraConfig`` built here,
-so a bad value fails in one place with one line that names the key, the value and what is
-allowed, instead of deep inside a training loop on some remote node.
+``--run-config`` overrides). It is read here into sections (run, data, model, LoRA, training,
+compression, server optimizer, robustness), each a frozen dataclass whose fields are its keys:
+field ``foo_bar`` is run-config key ``foo-bar``. Each field carries its own help text and its
+allowed values (``choices`` taken from the code that acts on them, or a numeric range), so the
+generic check below, the configuration reference (``docs/configuration.md``, generated from
+these definitions) and the code agree by construction. A bad value fails with one line that
+names the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from strategies.presets import (
-    AGGREGATIONS,
-    PRESETS,
-    QUANT_BITS,
-    SERVER_OPTIMIZERS,
-    StrategySettings,
-    schedule_factor,
-)
+from flora_app.ml.data import DATASETS, PARTITIONERS
+from flora_app.ml.models import MODELS
+from strategies.codecs.names import GRANULARITIES, METAS, SPARSITY_SCOPES, VALUE_BITS
+from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
-DATASETS = ("digits", "cifar10", "synthetic")
-PARTITIONERS = ("iid", "dirichlet")
-MODELS = ("resnet8", "resnet18", "cnn")
+# The ``strategy`` choices (``flora_app.strategy_factory`` builds each). ``fedavg`` trains and
+# exchanges the whole model; the others a frozen base plus LoRA adapters.
+STRATEGIES = ("fedavg", "fedlora", "flocora", "flasc")
+FULL_MODEL_STRATEGIES = ("fedavg",)
+# ``aggregation`` and ``server-optimizer`` choices (``strategies.aggregation`` acts on them;
+# named here so that the ClientApp, which reads this module, does not import server code).
+AGGREGATIONS = ("mean", "median", "trimmed-mean")
+SERVER_OPTIMIZERS = ("adam", "sgd")
 
 
 class ConfigError(ValueError):
@@ -32,185 +38,347 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class FloraConfig(StrategySettings):
-    """Every run-config key of the app, typed. Field ``foo_bar`` is run-config key ``foo-bar``.
+class Range:
+    """A numeric range; ``None`` leaves a side open-ended."""
 
-    The strategy keys (``quant-*``, ``density-*``, ``server-*``, ...) are the inherited fields
-    of ``StrategySettings``, declared once, there.
-    """
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is excluded
+    high_open: bool = False
 
-    num_server_rounds: int = 20
-    fraction_train: float = 0.5
-    fraction_evaluate: float = 0.2
-    round_timeout: float = 3600.0
-    local_epochs: int = 2
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.9
-    seed: int = 0
-    dataset: str = "digits"
-    dataset_source: str = ""
-    synthetic_samples: int = 2000
-    synthetic_image_size: int = 16
-    partitioner: str = "iid"
-    dirichlet_alpha: float = 0.5
-    val_fraction: float = 0.1
-    model: str = "resnet8"
-    model_width: int = 64
-    lora_r: int = 16
-    lora_alpha: float = 256.0
-    lora_train_norm: bool = True
-    lora_train_head: bool = True
-    strategy: str = "fedlora"
-    output_dir: str = "outputs"
-    run_name: str = ""
-    resume_from: str = ""
-    chaos_clients: int = 0
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (
+            self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        )
 
-    @property
-    def use_lora(self) -> bool:
-        """Whether the model is a frozen base plus LoRA adapters (else it trains in full)."""
-        return PRESETS[self.strategy].lora
+    def text(self, integer: bool) -> str:
+        if self.high is None and self.low is not None:
+            kind = "an integer" if integer else "a number"
+            return f"{kind} {'>' if self.low_open else '>='} {_num(self.low)}"
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        return f"a number in {left}{_num(self.low)}, {_num(self.high)}{right}"
 
-    @property
-    def strategy_settings(self) -> StrategySettings:
-        """The codec and server-optimizer settings handed to the strategy presets, by name."""
-        names = [f.name for f in dataclasses.fields(StrategySettings)]
-        return StrategySettings(**{name: getattr(self, name) for name in names})
 
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> FloraConfig:
-        """Build and validate; raise ``ConfigError`` on the first bad key."""
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            key = f.name.replace("_", "-")
-            if key not in run_config:
-                continue
-            values[f.name] = _coerce(key, run_config[key], type(f.default))
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
+def _num(value: float | None) -> str:
+    return repr(value)
 
-    def to_run_config(self) -> dict[str, Any]:
-        """The flat, dashed form, as written to ``config.json`` and accepted back."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+def key(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    within: Range | None = None,
+    why: str = "",
+) -> Any:
+    """A run-config key: its default, one line of help, and what values it allows."""
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "range": within, "why": why},
+    )
+
+
+POSITIVE = Range(0.0, low_open=True)
+FRACTION = Range(0.0, 1.0, low_open=True)  # (0, 1]
+UNIT_OPEN = Range(0.0, 1.0, high_open=True)  # [0, 1)
+
+
+def at_least(low: int) -> Range:
+    return Range(low)
+
+
+class Section:
+    """A group of keys that checks itself: every field against its ``choices`` / ``range``,
+    then whatever ``check`` adds across fields."""
+
+    title: ClassVar[str] = ""
 
     def validate(self) -> None:
-        """Check every range and choice; the error names the key, the value and what is allowed."""
-        _choice("strategy", self.strategy, tuple(PRESETS))
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("partitioner", self.partitioner, PARTITIONERS)
-        _choice("model", self.model, MODELS)
-        _choice("quant-granularity", self.quant_granularity, ("channel", "tensor"))
-        _choice("quant-meta", self.quant_meta, ("fp16", "fp32"))
-        _choice("sparsity-scope", self.sparsity_scope, ("global", "tensor"))
-        _choice("server-optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
-        _choice("aggregation", self.aggregation, tuple(AGGREGATIONS))
-        if not 0.0 <= self.trim_fraction < 0.5:
-            raise ConfigError(
-                f"run-config 'trim-fraction' = {self.trim_fraction!r}: expected a number in "
-                "[0, 0.5), the share of replies cut from each tail"
-            )
-        _positive("max-num-examples", self.max_num_examples)
-        if not 0.0 <= self.over_selection <= 10.0:
-            raise ConfigError(
-                f"run-config 'over-selection' = {self.over_selection!r}: expected a number in "
-                "[0, 10], the share of extra nodes sampled per training round"
-            )
-        _open_closed("density-up", self.density_up, 0.0, 1.0)
-        _open_closed("density-down", self.density_down, 0.0, 1.0)
-        _positive("server-lr", self.server_lr)
-        _positive("server-eps", self.server_eps)
-        _closed_open("server-beta1", self.server_beta1, 0.0, 1.0)
-        _closed_open("server-beta2", self.server_beta2, 0.0, 1.0)
-        for key, schedule in (
-            ("density-schedule", self.density_schedule),
-            ("server-lr-schedule", self.server_lr_schedule),
-        ):
-            try:
-                schedule_factor(schedule)
-            except ValueError:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            name = run_config_key(f.name)
+            choices, within = f.metadata.get("choices"), f.metadata.get("range")
+            why = f.metadata.get("why", "")
+            if choices is not None and value not in choices:
+                allowed = ", ".join(str(c) for c in choices)
                 raise ConfigError(
-                    f"run-config '{key}' = {schedule!r}: expected constant "
-                    "or decay:F:N (0 < F <= 1, N >= 1), e.g. decay:0.5:10"
-                ) from None
-        if self.sparse_value_bits not in (32, 16, 8, 4):
-            raise ConfigError(
-                f"run-config 'sparse-value-bits' = {self.sparse_value_bits!r}: "
-                "expected 32, 16, 8 or 4"
-            )
-        for key, bits in (
-            ("quant-bits", self.quant_bits),
-            ("quant-bits-down", self.quant_bits_down),
-        ):
-            if bits not in QUANT_BITS:
-                raise ConfigError(
-                    f"run-config '{key}' = {bits!r}: expected 1..8 (affine), 16 (fp16) or 32 (fp32)"
+                    f"run-config '{name}' = {value!r}: expected one of {allowed}{why}"
                 )
-        _at_least("num-server-rounds", self.num_server_rounds, 1)
-        _at_least("local-epochs", self.local_epochs, 1)
-        _at_least("batch-size", self.batch_size, 1)
-        _at_least("model-width", self.model_width, 1)
-        _at_least("lora-r", self.lora_r, 1)
-        _at_least("seed", self.seed, 0)
-        _at_least("chaos-clients", self.chaos_clients, 0)
-        _at_least("synthetic-samples", self.synthetic_samples, 20)
-        _at_least("synthetic-image-size", self.synthetic_image_size, 4)
-        _open_closed("fraction-train", self.fraction_train, 0.0, 1.0)
-        if not 0.0 < self.fraction_evaluate <= 1.0:
-            raise ConfigError(
-                f"run-config 'fraction-evaluate' = {self.fraction_evaluate!r}: expected a number "
-                "in (0.0, 1.0]; the evaluate phase measures the global model's BatchNorm statistics"
-            )
-        _closed_open("val-fraction", self.val_fraction, 0.0, 0.9)
-        _closed_open("momentum", self.momentum, 0.0, 1.0)
-        _positive("lr", self.lr)
-        _positive("round-timeout", self.round_timeout)
-        _positive("lora-alpha", self.lora_alpha)
-        _positive("dirichlet-alpha", self.dirichlet_alpha)
+            if within is not None and not within.holds(value):
+                integer = isinstance(f.default, int) and not isinstance(f.default, bool)
+                raise ConfigError(
+                    f"run-config '{name}' = {value!r}: expected {within.text(integer)}{why}"
+                )
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field checks of the section (none by default)."""
+
+
+def run_config_key(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class RunSection(Section):
+    title: ClassVar[str] = "Run"
+    strategy: str = key(
+        "fedlora", "which strategy runs (fedavg trains the whole model)", choices=STRATEGIES
+    )
+    num_server_rounds: int = key(20, "rounds to run", within=at_least(1))
+    fraction_train: float = key(
+        0.5, "share of the nodes sampled to train each round", within=FRACTION
+    )
+    fraction_evaluate: float = key(
+        0.2,
+        "share of the nodes sampled to evaluate each round (they also measure BatchNorm "
+        "statistics)",
+        within=FRACTION,
+        why="; the evaluate phase measures the global model's BatchNorm statistics",
+    )
+    round_timeout: float = key(
+        3600.0, "seconds a phase waits for replies (Flower's timeout)", within=POSITIVE
+    )
+    seed: int = key(
+        0, "seeds the frozen base, the data split, sampling and local training", within=at_least(0)
+    )
+    output_dir: str = key("outputs", "where the run folder goes")
+    run_name: str = key("", "the run folder's name (default: time stamp and strategy)")
+    resume_from: str = key("", "a run folder to continue after its last complete round")
+
+    def check(self) -> None:
         if not self.output_dir:
             raise ConfigError("run-config 'output-dir' is empty: expected a directory path")
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
+@dataclass(frozen=True)
+class DataSection(Section):
+    title: ClassVar[str] = "Data"
+    dataset: str = key("digits", "the dataset (digits is embedded and offline)", choices=DATASETS)
+    dataset_source: str = key("", "a Hub id or local folder for cifar10 (default: the Hub)")
+    synthetic_samples: int = key(2000, "images of the synthetic dataset", within=at_least(20))
+    synthetic_image_size: int = key(
+        16, "side of the synthetic images in pixels", within=at_least(4)
+    )
+    partitioner: str = key(
+        "iid", "how the training set is split over the nodes", choices=PARTITIONERS
+    )
+    dirichlet_alpha: float = key(
+        0.5, "label skew of the dirichlet partitioner (smaller: more)", within=POSITIVE
+    )
+    val_fraction: float = key(
+        0.1,
+        "share of each node's partition kept for validation",
+        within=Range(0.0, 0.9, high_open=True),
+    )
+
+
+@dataclass(frozen=True)
+class ModelSection(Section):
+    title: ClassVar[str] = "Model"
+    model: str = key(
+        "resnet8", "the network (CIFAR-style ResNets, or a tiny CNN for tests)", choices=MODELS
+    )
+    model_width: int = key(64, "channels of the first stage", within=at_least(1))
+
+
+@dataclass(frozen=True)
+class LoraSection(Section):
+    title: ClassVar[str] = "LoRA"
+    lora_r: int = key(16, "adapter rank", within=at_least(1))
+    lora_alpha: float = key(256.0, "adapter scaling numerator (scale = alpha / r)", within=POSITIVE)
+    lora_train_norm: bool = key(True, "also train and exchange the normalisation layers")
+    lora_train_head: bool = key(True, "also train and exchange the classifier head")
+
+
+@dataclass(frozen=True)
+class TrainingSection(Section):
+    title: ClassVar[str] = "Local training"
+    local_epochs: int = key(2, "epochs over the node's partition per round", within=at_least(1))
+    batch_size: int = key(32, "local batch size", within=at_least(1))
+    lr: float = key(0.01, "local SGD learning rate", within=POSITIVE)
+    momentum: float = key(0.9, "local SGD momentum (Nesterov)", within=UNIT_OPEN)
+
+
+@dataclass(frozen=True)
+class CompressionSection(Section):
+    title: ClassVar[str] = "Compression"
+    quant_bits: int = key(
+        8,
+        "flocora uplink value width: 1..8 affine, 16 fp16, 32 fp32",
+        choices=VALUE_BITS,
+        why=" (1..8 affine, 16 fp16, 32 fp32)",
+    )
+    quant_bits_down: int = key(
+        32,
+        "flocora downlink value width, as quant-bits",
+        choices=VALUE_BITS,
+        why=" (1..8 affine, 16 fp16, 32 fp32)",
+    )
+    quant_granularity: str = key(
+        "channel", "one affine scale per output channel or per tensor", choices=GRANULARITIES
+    )
+    quant_meta: str = key(
+        "fp16", "dtype of the affine scales and offsets on the wire", choices=METAS
+    )
+    quant_update: bool = key(True, "flocora clients quantize their update, not their weights")
+    error_feedback: bool = key(False, "clients carry their compression residual to next round")
+    density_up: float = key(
+        0.1, "flasc: share of the update's entries a client sends", within=FRACTION
+    )
+    density_down: float = key(
+        0.25, "flasc: share of the global adapters' entries broadcast", within=FRACTION
+    )
+    density_schedule: str = key("constant", f"flasc densities per round: {SCHEDULE_HELP}")
+    sparsity_scope: str = key(
+        "global", "flasc top-k over all tensors together or per tensor", choices=SPARSITY_SCOPES
+    )
+    sparse_value_bits: int = key(
+        32,
+        "flasc uplink value width, as quant-bits",
+        choices=VALUE_BITS,
+        why=" (1..8 affine, 16 fp16, 32 fp32)",
+    )
+
+    def check(self) -> None:
+        _check_schedule("density-schedule", self.density_schedule)
+
+
+@dataclass(frozen=True)
+class ServerOptimizerSection(Section):
+    title: ClassVar[str] = "Server optimizer (flasc)"
+    server_optimizer: str = key(
+        "adam", "Flower's FedAdam, or FedAvgM without momentum (sgd)", choices=SERVER_OPTIMIZERS
+    )
+    server_lr: float = key(0.05, "server learning rate", within=POSITIVE)
+    server_lr_schedule: str = key("decay:0.7:5", f"server-lr per round: {SCHEDULE_HELP}")
+    server_eps: float = key(1e-3, "Adam's epsilon (Flower's tau)", within=POSITIVE)
+    server_beta1: float = key(0.9, "Adam's beta1", within=UNIT_OPEN)
+    server_beta2: float = key(0.999, "Adam's beta2", within=UNIT_OPEN)
+
+    def check(self) -> None:
+        _check_schedule("server-lr-schedule", self.server_lr_schedule)
+
+
+@dataclass(frozen=True)
+class RobustnessSection(Section):
+    title: ClassVar[str] = "Robustness"
+    aggregation: str = key(
+        "mean",
+        "coordinate-wise combiner of the replies (Flower's FedAvg, FedMedian, FedTrimmedAvg)",
+        choices=AGGREGATIONS,
+    )
+    trim_fraction: float = key(
+        0.2,
+        "share of replies cut from each tail by trimmed-mean",
+        within=Range(0.0, 0.5, high_open=True),
+        why=", the share of replies cut from each tail",
+    )
+    max_num_examples: int = key(
+        1_000_000, "largest num-examples a reply may claim", within=Range(0, low_open=True)
+    )
+    over_selection: float = key(
+        0.0,
+        "share of extra nodes sampled per training round",
+        within=Range(0.0, 10.0),
+        why=", the share of extra nodes sampled per training round",
+    )
+    chaos_clients: int = key(
+        0, "test knob: nodes per round that spoil their replies", within=at_least(0)
+    )
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "run": RunSection,
+    "data": DataSection,
+    "model": ModelSection,
+    "lora": LoraSection,
+    "training": TrainingSection,
+    "compression": CompressionSection,
+    "server": ServerOptimizerSection,
+    "robustness": RobustnessSection,
+}
+
+
+@dataclass(frozen=True)
+class FloraConfig:
+    """Every run-config key of the app, typed and grouped."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    compression: CompressionSection = field(default_factory=CompressionSection)
+    server: ServerOptimizerSection = field(default_factory=ServerOptimizerSection)
+    robustness: RobustnessSection = field(default_factory=RobustnessSection)
+
+    @property
+    def use_lora(self) -> bool:
+        """Whether the model is a frozen base plus LoRA adapters (else it trains in full)."""
+        return self.run.strategy not in FULL_MODEL_STRATEGIES
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FloraConfig:
+        """Build and validate; raise ``ConfigError`` on the first bad key (unknown keys too)."""
+        known = {
+            run_config_key(f.name)
+            for section in SECTIONS.values()
+            for f in dataclasses.fields(section)
+        }
+        unknown = sorted(set(run_config) - known)
+        if unknown:
+            raise ConfigError(
+                f"run-config '{unknown[0]}' is not a flora key: see docs/configuration.md"
+            )
+        sections = {}
+        for attr, section in SECTIONS.items():
+            values = {}
+            for f in dataclasses.fields(section):
+                name = run_config_key(f.name)
+                if name in run_config:
+                    values[f.name] = _coerce(name, run_config[name], type(f.default))
+            built = section(**values)
+            built.validate()
+            sections[attr] = built
+        return cls(**sections)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The flat, dashed form, as written to ``config.json`` and accepted back."""
+        out: dict[str, Any] = {}
+        for attr in SECTIONS:
+            section = getattr(self, attr)
+            for f in dataclasses.fields(section):
+                out[run_config_key(f.name)] = getattr(section, f.name)
+        return out
+
+
+def _check_schedule(name: str, schedule: str) -> None:
+    try:
+        schedule_factor(schedule)
+    except ValueError:
+        raise ConfigError(f"run-config '{name}' = {schedule!r}: expected {SCHEDULE_HELP}") from None
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
     """TOML gives ints where floats are meant (``lr=1``); accept those, refuse the rest."""
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"run-config '{key}' = {value!r}: expected true or false")
+        raise ConfigError(f"run-config '{name}' = {value!r}: expected true or false")
     if kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"run-config '{key}' = {value!r}: expected an integer")
+        raise ConfigError(f"run-config '{name}' = {value!r}: expected an integer")
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"run-config '{key}' = {value!r}: expected a number")
+        raise ConfigError(f"run-config '{name}' = {value!r}: expected a number")
     if isinstance(value, str):
         return value
-    raise ConfigError(f"run-config '{key}' = {value!r}: expected a string")
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"run-config '{key}' = {value!r}: expected one of {', '.join(allowed)}")
-
-
-def _at_least(key: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"run-config '{key}' = {value!r}: expected an integer >= {low}")
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"run-config '{key}' = {value!r}: expected a number > 0")
-
-
-def _open_closed(key: str, value: float, low: float, high: float) -> None:
-    if not low < value <= high:
-        raise ConfigError(f"run-config '{key}' = {value!r}: expected a number in ({low}, {high}]")
-
-
-def _closed_open(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value < high:
-        raise ConfigError(f"run-config '{key}' = {value!r}: expected a number in [{low}, {high})")
+    raise ConfigError(f"run-config '{name}' = {value!r}: expected a string")

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from flora_app.config import FloraConfig
-from flora_app.data import Dataset, DataSpec, Split, client_splits, load_dataset
-from flora_app.lora import ModelSpec
+from flora_app.ml.data import Dataset, DataSpec, Split, client_splits, load_dataset
+from flora_app.ml.lora import ModelSpec
 
 
 class NodeConfigError(ValueError):
@@ -16,27 +16,28 @@ class NodeConfigError(ValueError):
 
 
 def data_spec(cfg: FloraConfig) -> DataSpec:
+    d = cfg.data
     return DataSpec(
-        dataset=cfg.dataset,
-        source=cfg.dataset_source,
-        seed=cfg.seed,
-        synthetic_samples=cfg.synthetic_samples,
-        synthetic_image_size=cfg.synthetic_image_size,
+        dataset=d.dataset,
+        source=d.dataset_source,
+        seed=cfg.run.seed,
+        synthetic_samples=d.synthetic_samples,
+        synthetic_image_size=d.synthetic_image_size,
     )
 
 
 def model_spec(cfg: FloraConfig, dataset: Dataset) -> ModelSpec:
     return ModelSpec(
-        model=cfg.model,
+        model=cfg.model.model,
         in_channels=dataset.in_channels,
         num_classes=dataset.num_classes,
-        width=cfg.model_width,
-        seed=cfg.seed,
+        width=cfg.model.model_width,
+        seed=cfg.run.seed,
         use_lora=cfg.use_lora,
-        lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        train_norm=cfg.lora_train_norm,
-        train_head=cfg.lora_train_head,
+        lora_r=cfg.lora.lora_r,
+        lora_alpha=cfg.lora.lora_alpha,
+        train_norm=cfg.lora.lora_train_norm,
+        train_head=cfg.lora.lora_train_head,
     )
 
 
@@ -69,9 +70,9 @@ def node_data_spec(cfg: FloraConfig, node_config: Mapping[str, Any]) -> DataSpec
     path = node_config.get("data-path")
     if path is None or path == "":
         return spec
-    if cfg.dataset != "cifar10":
+    if cfg.data.dataset != "cifar10":
         raise NodeConfigError(
-            f"node config data-path={path!r}: only for dataset 'cifar10', not {cfg.dataset!r}"
+            f"node config data-path={path!r}: only for dataset 'cifar10', not {cfg.data.dataset!r}"
         )
     return dataclasses.replace(spec, source=str(path))
 
@@ -82,7 +83,8 @@ def load_client_data(
     """The dataset plus this node's train and validation splits (cached per process)."""
     pid, num = partition_of(node_config)
     dataset = load_dataset(node_data_spec(cfg, node_config))
+    d = cfg.data
     train, val = client_splits(
-        dataset, pid, num, cfg.partitioner, cfg.dirichlet_alpha, cfg.val_fraction, cfg.seed
+        dataset, pid, num, d.partitioner, d.dirichlet_alpha, d.val_fraction, cfg.run.seed
     )
     return dataset, train, val

@@ -13,6 +13,10 @@ the global model.
 Every training reply is validated before the inner strategy sees it (``strategies.validation``
 plus the codec's own checks); one that fails becomes an error reply, which Flower's strategies
 skip, so the aggregate of the others is exactly what it would have been without it.
+
+It does this one job. Over-selection (``strategies.over_selection``), a resumed run's round
+numbering (``strategies.round_offset``) and the server optimizer's checkpoint state
+(``strategies.optimizer_state``) are their own pieces, composed around or beneath it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from strategies.codecs import CodecError, get_codec
-from strategies.optimizer_state import load_optimizer_state, optimizer_state
 from strategies.validation import (
     DEFAULT_MAX_NUM_EXAMPLES,
     RejectedReplyError,
@@ -62,13 +65,25 @@ class CompressionStrategy(Strategy):
     ``error_feedback``: clients carry their uplink quantization residual to the next round.
     Replies that fail validation become error replies, which the inner strategy skips; each
     is logged with the node and the reason and counted as ``rejected_replies``.
-    ``max_num_examples``: the largest ``num-examples`` a reply may claim.
-    ``over_selection``: sample that share more nodes than the inner strategy's
-    ``fraction_train`` asks for, and aggregate only the first ``fraction_train``'s worth of
-    valid replies in sampling order (the rest are ``spare_replies``): a round keeps its
-    participation when some replies are rejected or never come, as production FL over-selects.
-    ``round_offset``: rounds completed before this ``start`` (a resumed run), so schedules,
-    server-optimizer bias correction and the clients' round number continue where they were.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        Any Flower strategy: it samples nodes and aggregates plain fp32 weights.
+    downlink : str (default: "fp32")
+        Codec name for the global adapters sent to training clients (``strategies.codecs``).
+    uplink : str (default: "fp32")
+        Codec name the clients must use for their replies.
+    reply : str (default: "weights")
+        ``weights`` (the trained tensors) or ``update`` (trained minus received).
+    error_feedback : bool (default: False)
+        Clients carry their uplink compression residual to their next reply.
+    evaluate_downlink : str | None (default: None)
+        Codec name for evaluation messages; the training downlink when None.
+    codecs_for_round : Callable[[int], tuple[str, str]] | None (default: None)
+        (downlink, uplink) codec names per round, e.g. a decaying top-k density.
+    max_num_examples : int (default: 1,000,000)
+        The largest ``num-examples`` a reply may claim.
     """
 
     def __init__(
@@ -81,12 +96,9 @@ class CompressionStrategy(Strategy):
         evaluate_downlink: str | None = None,
         codecs_for_round: Callable[[int], tuple[str, str]] | None = None,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
-        over_selection: float = 0.0,
     ) -> None:
         if reply not in REPLY_MODES:
             raise ValueError(f"reply = {reply!r}: expected one of {', '.join(REPLY_MODES)}")
-        if not over_selection >= 0.0:
-            raise ValueError(f"over_selection = {over_selection!r}: expected a number >= 0")
         self.strategy = strategy
         self.downlink = get_codec(downlink)
         # Evaluation messages may travel denser than training ones (FLASC evaluates the dense
@@ -99,10 +111,6 @@ class CompressionStrategy(Strategy):
         self.codecs_for_round = codecs_for_round
         self.error_feedback = error_feedback
         self.max_num_examples = max_num_examples
-        self.over_selection = over_selection
-        self._train_target = 0  # replies to aggregate this round; 0 = all valid ones
-        self._train_order: dict[int, int] = {}  # node id -> position in this round's sample
-        self.round_offset = 0
         self._global: OrderedDict[str, np.ndarray] | None = None
         self._round_metrics: dict[str, float] = {}
         self._evaluate_contents: list[tuple[int, RecordDict]] = []
@@ -121,7 +129,8 @@ class CompressionStrategy(Strategy):
 
     # --- bookkeeping the ServerApp reads once per round ------------------------------------
     def take_round_metrics(self) -> dict[str, float]:
-        """Strategy extras of the round so far (aggregated client metrics, failures); resets."""
+        """What this wrapper saw this round (failed and rejected replies, payload statistics,
+        codec seconds, the aggregated client metrics); resets."""
         out, self._round_metrics = self._round_metrics, {}
         self._payload_seen = {}
         return out
@@ -187,41 +196,17 @@ class CompressionStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         if self.codecs_for_round is not None:
-            down, up = self.codecs_for_round(server_round + self.round_offset)
+            down, up = self.codecs_for_round(server_round)
             self.downlink, self.uplink_codec = get_codec(down), get_codec(up)
             self.uplink = self.uplink_codec.spec
         self._global = record_to_numpy(arrays)  # the dense global, for shapes and updates
-        messages = self._sample_train(server_round + self.round_offset, arrays, config, grid)
+        messages = self.strategy.configure_train(server_round, arrays, config, grid)
         return self._encode(messages, train=True)
-
-    def _sample_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> list[Message]:
-        """The inner strategy's training messages, from an enlarged sample if over-selecting.
-
-        Flower's strategies size their sample from ``fraction_train`` when they configure,
-        so it is raised for that call only, and the target is what it would have sampled."""
-        fraction = getattr(self.strategy, "fraction_train", None)
-        self._train_target, self._train_order = 0, {}
-        if self.over_selection <= 0.0 or not isinstance(fraction, (int, float)) or fraction <= 0:
-            return list(self.strategy.configure_train(server_round, arrays, config, grid))
-        available = len(list(grid.get_node_ids()))
-        least = int(getattr(self.strategy, "min_train_nodes", 1))
-        self._train_target = max(int(available * fraction), least)
-        self.strategy.fraction_train = min(1.0, fraction * (1.0 + self.over_selection))
-        try:
-            messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        finally:
-            self.strategy.fraction_train = fraction
-        self._train_order = {m.metadata.dst_node_id: i for i, m in enumerate(messages)}
-        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = self.strategy.configure_evaluate(
-            server_round + self.round_offset, arrays, config, grid
-        )
+        messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
         return self._encode(messages, train=False)
 
     # --- up ------------------------------------------------------------------------------
@@ -265,19 +250,6 @@ class CompressionStrategy(Strategy):
         self._round_metrics["rejected_replies"] = float(rejected)
         self._add_seconds(time.perf_counter() - started)
         return out
-
-    def _without_spares(self, decoded: list[Message]) -> list[Message]:
-        """Over-selecting: the first ``_train_target`` valid replies in sampling order."""
-        if not self._train_target:
-            return decoded
-        last = len(self._train_order)
-        valid = sorted(
-            (m for m in decoded if not m.has_error()),
-            key=lambda m: self._train_order.get(m.metadata.src_node_id, last),
-        )
-        spare = {id(m) for m in valid[self._train_target :]}
-        self._round_metrics["spare_replies"] = float(len(spare))
-        return [m for m in decoded if id(m) not in spare]
 
     def _harmonise_metrics(self, server_round: int, valid: list[Message]) -> None:
         """Keep only the metric keys all valid replies share: Flower's strategies stop the
@@ -326,11 +298,9 @@ class CompressionStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self._round_metrics["failed_replies"] = float(sum(m.has_error() for m in replies))
-        decoded = self._without_spares(self._decode(server_round, replies))
-        valid = [m for m in decoded if not m.has_error()]
-        self._harmonise_metrics(server_round, valid)
-        self._round_metrics["aggregated_replies"] = float(len(valid))
-        arrays, metrics = self.strategy.aggregate_train(server_round + self.round_offset, decoded)
+        decoded = self._decode(server_round, replies)
+        self._harmonise_metrics(server_round, [m for m in decoded if not m.has_error()])
+        arrays, metrics = self.strategy.aggregate_train(server_round, decoded)
         if arrays is None:
             log(
                 WARNING,
@@ -340,16 +310,6 @@ class CompressionStrategy(Strategy):
         self._note("client_", metrics)
         return arrays, metrics
 
-    # --- checkpoints ---------------------------------------------------------------------
-    def state(self) -> dict[str, np.ndarray]:
-        """What a resumed run needs besides the global arrays: the server optimizer's state."""
-        return optimizer_state(self.strategy)
-
-    def load_state(self, arrays: dict[str, np.ndarray], completed_rounds: int) -> None:
-        """Continue after ``completed_rounds`` with the optimizer state ``state()`` returned."""
-        load_optimizer_state(self.strategy, arrays)
-        self.round_offset = completed_rounds
-
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
@@ -357,6 +317,6 @@ class CompressionStrategy(Strategy):
         valid = [m for m in replies if not m.has_error()]
         self._harmonise_metrics(server_round, valid)
         self._evaluate_contents = [(m.metadata.src_node_id, m.content) for m in valid]
-        metrics = self.strategy.aggregate_evaluate(server_round + self.round_offset, replies)
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
         self._note("client_", metrics)
         return metrics

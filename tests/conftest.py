@@ -3,42 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 import pytest
-from flwr.app import Context, Message, Metadata, RecordDict
 from flwr.supercore.logger import FLOWER_LOGGER
 
-from flora_app.lora import ModelSpec
-
-
-def make_message(
-    content: RecordDict, message_type: str = "train", src: int = 0, dst: int = 7, mid: str = "m"
-) -> Message:
-    """A message with full metadata, as a SuperLink would deliver it (no TaskIdentity needed)."""
-    metadata = Metadata(
-        run_id=1,
-        message_id=mid,
-        src_node_id=src,
-        dst_node_id=dst,
-        reply_to_message_id="",
-        group_id="1",
-        created_at=time.time(),
-        ttl=3600.0,
-        message_type=message_type,
-    )
-    return Message(metadata=metadata, content=content)
-
-
-def make_context(run_config: dict, partition_id: int = 0, num_partitions: int = 4) -> Context:
-    return Context(
-        run_id=1,
-        node_id=7 + partition_id,
-        node_config={"partition-id": partition_id, "num-partitions": num_partitions},
-        state=RecordDict(),
-        run_config=run_config,
-    )
+from flora_app.ml.lora import ModelSpec
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from flora_app.batchnorm import (
+from flora_app.ml.batchnorm import (
     measure_batchnorm_statistics,
     pool_batchnorm_statistics,
 )
-from flora_app.data import Split
-from flora_app.lora import (
+from flora_app.ml.data import Split
+from flora_app.ml.lora import (
     ModelSpec,
     StateMismatchError,
     build_trainable,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flora_app.bench import SWEEP, format_run_config, parse_run_config, plan
-from flora_app.bench_report import Group, Run, build_rows, markdown_table
+from flora_tools.bench import SWEEP, format_run_config, parse_run_config, plan
+from flora_tools.bench_report import Group, Run, build_rows, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "model='cnn' model-width=16 lora-r=4 lora-alpha=8.0 local-epochs=1 fraction-train=1.0"
@@ -62,7 +62,7 @@ def test_bench_sweep_writes_a_report_that_matches_its_run_folders(tmp_path: Path
     cmd = [
         sys.executable,
         "-m",
-        "flora_app.bench",
+        "flora_tools.bench",
         "--configs",
         "fedavg,flocora-q4",
         "--rounds",
@@ -133,7 +133,7 @@ def test_bench_sweep_writes_a_report_that_matches_its_run_folders(tmp_path: Path
     # The report is rebuilt from the folders alone, identically.
     before = (out / "report.json").read_text()
     rebuilt = subprocess.run(
-        [sys.executable, "-m", "flora_app.bench", "--report-only", "--out", str(out)],
+        [sys.executable, "-m", "flora_tools.bench", "--report-only", "--out", str(out)],
         capture_output=True,
         text=True,
         env=env,
@@ -212,7 +212,7 @@ def test_the_sweep_is_the_issues_list_and_its_run_config_round_trips(tmp_path: P
         "flasc-d10-v8",
         "flocora-q2-ef",
     ]
-    from flora_app.bench import PRESETS
+    from flora_tools.bench import PRESETS
 
     jobs = plan(PRESETS["cpu-digits"], list(SWEEP), 2, {"lr": 0.05}, tmp_path)
     assert len(jobs) == 26 and [j.seed for j in jobs[:2]] == [0, 1]
@@ -228,7 +228,7 @@ def test_training_runs_where_flora_device_says(monkeypatch: pytest.MonkeyPatch) 
     """The GPU preset relies on this: CUDA when torch sees one, ``FLORA_DEVICE`` overrides."""
     import torch
 
-    from flora_app.training import select_device
+    from flora_app.ml.training import select_device
 
     monkeypatch.delenv("FLORA_DEVICE", raising=False)
     assert select_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

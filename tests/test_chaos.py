@@ -12,7 +12,7 @@ import pytest
 from flora_app.chaos import is_broken
 from flora_app.config import FloraConfig
 from flora_app.server_app import run
-from tests.local_grid import LocalGrid
+from tests.helpers import LocalGrid
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,11 @@ from flwr.app import ConfigRecord, RecordDict
 
 from flora_app.client_app import BaseModelMismatchError, app, evaluate, train
 from flora_app.config import FloraConfig
-from flora_app.data import load_dataset
-from flora_app.lora import base_fingerprint_of, build_trainable, exchanged_state
+from flora_app.ml.data import load_dataset
+from flora_app.ml.lora import base_fingerprint_of, build_trainable, exchanged_state
 from flora_app.task import NodeConfigError, data_spec, model_spec
-from strategies.codecs import decode_blob, get_codec
+from strategies.codecs import codec_spec, decode_blob, get_codec
 from strategies.mod import RESIDUAL_KEY
-from strategies.presets import codec_spec
 from strategies.wire import (
     HEADER_KEY,
     encode_content,
@@ -22,7 +21,7 @@ from strategies.wire import (
     record_to_blob,
     record_to_numpy,
 )
-from tests.conftest import make_context, make_message
+from tests.helpers import make_context, make_message
 
 
 def _global_state(run_config: dict):

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from strategies.bitpack import pack_bits, packed_size, unpack_bits
 from strategies.codecs import (
     AffineCodec,
     CodecError,
@@ -21,7 +20,8 @@ from strategies.codecs import (
     get_codec,
     read_header,
 )
-from strategies.quantize import channels_of, quantize
+from strategies.codecs.bitpack import pack_bits, packed_size, unpack_bits
+from strategies.codecs.quantize import channels_of, quantize
 
 FAST = settings(max_examples=60, deadline=None)
 

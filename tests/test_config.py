@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from flora_app.config import ConfigError, FloraConfig
+from strategies.chain import innermost
+from strategies.codecs import get_codec
 
 DEFAULTS = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"][
     "flwr"
@@ -17,11 +19,12 @@ DEFAULTS = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_
 def test_pyproject_defaults_are_valid_and_complete() -> None:
     cfg = FloraConfig.from_run_config(DEFAULTS)
     assert set(cfg.to_run_config()) == set(DEFAULTS)  # every key is documented and typed
-    assert cfg.strategy == "fedlora" and cfg.dataset == "digits" and cfg.model == "resnet8"
+    assert cfg.run.strategy == "fedlora" and cfg.data.dataset == "digits"
+    assert cfg.model.model == "resnet8" and cfg.use_lora
 
 
 def test_integers_are_accepted_where_numbers_are_meant() -> None:
-    assert FloraConfig.from_run_config({**DEFAULTS, "lr": 1}).lr == 1.0
+    assert FloraConfig.from_run_config({**DEFAULTS, "lr": 1}).training.lr == 1.0
 
 
 @pytest.mark.parametrize(
@@ -61,33 +64,57 @@ def test_serverapp_ends_a_misconfigured_run_before_training() -> None:
         main(grid=None, context=context)  # never reaches the grid
 
 
-def test_readme_configuration_table_matches_the_defaults() -> None:
-    """The README documents every key with its real default (keeps the README true)."""
-    import re
+def test_configuration_reference_is_generated_from_the_config_definitions() -> None:
+    """docs/configuration.md is exactly what the config definitions render (cannot drift)."""
+    from flora_tools.config_reference import TARGET, render
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    table = readme[readme.index("## Configuration") :]
-    rows: dict[str, str] = {}
-    for key, value in re.findall(r"^\| `([a-z0-9-]+)` \| ([^|]+) \|", table, flags=re.MULTILINE):
-        rows.setdefault(key, value)
-    for key, default in DEFAULTS.items():
-        assert key in rows, f"README configuration table lacks {key!r}"
-        shown = rows[key].strip().strip("`")
-        if isinstance(default, float):
-            assert float(shown) == default, f"{key}: README says {shown}, pyproject {default}"
-            continue
-        expected = str(default).lower() if isinstance(default, bool) else str(default)
-        assert shown.strip('"') == expected, f"{key}: README says {shown}, pyproject {default}"
+    assert TARGET.read_text() == render(), "run python -m flora_tools.config_reference"
+    for key in DEFAULTS:
+        assert f"| `{key}` |" in render()
 
 
-def test_every_strategy_setting_is_a_run_config_key() -> None:
-    from dataclasses import fields
+def test_pyproject_defaults_equal_the_config_definitions() -> None:
+    """Every default is the same in pyproject.toml (what Flower hands the apps) and config.py."""
+    assert FloraConfig().to_run_config() == DEFAULTS
 
-    from strategies.presets import StrategySettings
 
-    cfg = FloraConfig.from_run_config({**DEFAULTS, "quant-bits": 2, "server-lr": 0.5})
-    settings = cfg.strategy_settings
-    for f in fields(StrategySettings):
-        assert f.name.replace("_", "-") in DEFAULTS
-        assert getattr(settings, f.name) == getattr(cfg, f.name)
-    assert settings.quant_bits == 2 and settings.server_lr == 0.5
+@pytest.mark.parametrize("strategy_class", ["FedLoRA", "FLoCoRA", "FLASC"])
+def test_strategy_class_defaults_equal_the_run_config_defaults(strategy_class: str) -> None:
+    """A keyword argument named like a run-config key has that key's default, so a strategy
+    built in another ServerApp behaves like flora's defaults."""
+    import inspect
+
+    import strategies
+
+    run_config = FloraConfig().to_run_config()
+    params = inspect.signature(getattr(strategies, strategy_class)).parameters
+    # Node sampling keeps Flower's FedAvg defaults (every node); `strategy` is the class argument.
+    flower_sampling = {"fraction_train", "fraction_evaluate", "strategy"}
+    matched = [
+        name
+        for name in params
+        if name.replace("_", "-") in run_config and name not in flower_sampling
+    ]
+    assert len(matched) >= 4
+    for name in matched:
+        assert params[name].default == run_config[name.replace("_", "-")], name
+
+
+def test_every_strategy_keyword_is_reachable_from_the_run_config() -> None:
+    from flora_app.strategy_factory import build_strategy
+
+    cfg = FloraConfig.from_run_config(
+        {**DEFAULTS, "strategy": "flasc", "density-up": 0.3, "server-lr": 0.5}
+    )
+    flasc = build_strategy(cfg)
+    assert get_codec(flasc.uplink).density == 0.3
+    assert innermost(flasc).eta == 0.5
+    flocora = build_strategy(
+        FloraConfig.from_run_config({**DEFAULTS, "strategy": "flocora", "quant-bits": 2})
+    )
+    assert flocora.uplink.startswith("affine:bits=2:")
+
+
+def test_unknown_keys_are_refused_with_one_line() -> None:
+    with pytest.raises(ConfigError, match="run-config 'quant-bitz' is not a flora key"):
+        FloraConfig.from_run_config({**DEFAULTS, "quant-bitz": 4})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flora_app.data import (
+from flora_app.ml.data import (
     Augment,
     DataSpec,
     augment_batch,

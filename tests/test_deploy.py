@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from flora_tools.deployment import processes
+from flora_tools.deployment.deployment import Deployment
 
-from flora_deploy import processes  # noqa: E402
-from flora_deploy.deployment import Deployment  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = (
     "model='cnn' model-width=16 lora-r=4 lora-alpha=8.0 local-epochs=1 fraction-train=1.0 "
@@ -63,11 +62,12 @@ def _wait_for_run(flwr: subprocess.Popen, timeout: float) -> None:
 
 @pytest.mark.e2e
 def test_make_deploy_two_supernodes_over_tls(tmp_path: Path) -> None:
-    """``scripts/deploy.py`` (what ``make deploy`` runs): 2 SuperNodes, 2 rounds, TLS."""
+    """``flora_tools/deploy.py`` (what ``make deploy`` runs): 2 SuperNodes, 2 rounds, TLS."""
     workdir = tmp_path / "deploy"
     cmd = [
         sys.executable,
-        str(ROOT / "scripts" / "deploy.py"),
+        "-m",
+        "flora_tools.deploy",
         "--supernodes",
         "2",
         "--workdir",
@@ -110,7 +110,7 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
     message: the SuperLink marks it offline once its heartbeats stop (Flower: within 2 x 30 s),
     answers its message with a "Node Unavailable" error, and the round aggregates the 2 good
     replies. One round keeps the test short; that later rounds sample only the survivors is
-    what the late-join test's per-round sampling and the README's measurement show."""
+    what the late-join test's per-round sampling and docs/deployment.md's measurement show."""
     dep = deployment
     dep.start_superlink()
     nodes = [dep.start_supernode(i, 3) for i in range(3)]

@@ -5,7 +5,7 @@ command uses only flags that the installed ``flower-superlink`` / ``flower-super
 ``flower-superexec`` list in ``--help`` and is accepted by their own argument parsers; the TLS
 and authentication overlays leave no connection insecure and mount every file they name; the
 files the compose files reference exist, or are produced by ``docker/gen-certs.sh`` (which runs
-here); and the image versions match the installed flwr and the Makefile's torch.
+here); and the image versions are the lock file's.
 """
 
 from __future__ import annotations
@@ -228,17 +228,44 @@ def test_dockerfile_stages_and_copied_paths_exist() -> None:
     assert 'ENTRYPOINT ["flower-superexec"]' in dockerfile
 
 
-def test_image_versions_match_the_installed_flwr_and_torch() -> None:
-    flwr = version("flwr")
+def _locked() -> dict[str, str]:
+    """``{package: version}`` from requirements.lock."""
+    text = (ROOT / "requirements.lock").read_text()
+    return {
+        m.group(1).lower(): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)", text, flags=re.MULTILINE)
+    }
+
+
+def test_image_versions_come_from_the_lock_file() -> None:
+    """The images install the lock's versions: flwr through the base image tag (the same
+    version as the lock's), everything else from requirements.lock itself."""
+    locked = _locked()
+    flwr = locked["flwr"]
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert f"ARG FLWR_VERSION={flwr}" in dockerfile
     for name in sorted({f for files in VARIANTS.values() for f in files}):
         for found in re.findall(r"\$\{FLWR_VERSION:-([^}]+)\}", (DOCKER / name).read_text()):
-            assert found == flwr, f"{name} pins flwr {found}, installed is {flwr}"
-    makefile = (ROOT / "Makefile").read_text()
-    torch = re.search(r"^TORCH_VERSION \?= (\S+)", makefile, flags=re.MULTILINE).group(1)
-    assert f"ARG TORCH_VERSION={torch}" in dockerfile
-    assert "download.pytorch.org/whl/cpu" in dockerfile  # the CPU build, not CUDA
+            assert found == flwr, f"{name} pins flwr {found}, the lock has {flwr}"
+    assert "COPY --chown=app:app requirements.lock" in dockerfile
+    assert "--no-deps -r /tmp/image-requirements.txt" in dockerfile
+    assert "TORCH_VERSION" not in dockerfile  # no second place naming torch
+    assert locked["torch"].endswith("+cpu")  # the CPU build, not CUDA
+    assert "download.pytorch.org/whl/cpu" in dockerfile
+
+
+def test_the_installed_environment_is_the_lock_file() -> None:
+    """What the tests run on is exactly what a fresh clone installs (make install)."""
+    locked = _locked()
+    assert version("flwr") == locked["flwr"] and version("torch") == locked["torch"]
+    for package, pinned in locked.items():
+        assert version(package) == pinned, f"{package}: installed {version(package)}, lock {pinned}"
+    from importlib.metadata import distributions
+
+    # Nothing beyond the lock: the project itself, and pip (pinned in the Makefile).
+    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower() for d in distributions()}
+    normalised = {re.sub(r"[-_.]+", "-", name) for name in locked}
+    assert installed - normalised <= {"flora", "pip"}, sorted(installed - normalised)
 
 
 def test_gen_certs_makes_every_file_the_compose_files_mount(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ def _run(
 ) -> tuple[Path, str]:
     cmd = [
         sys.executable,
-        str(ROOT / "scripts" / "run_simulation.py"),
+        "-m",
+        "flora_tools.run_simulation",
         "--supernodes",
         str(supernodes),
         "--flwr-home",

@@ -20,9 +20,8 @@ from flwr.serverapp.strategy import FedAvg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from strategies.codecs import CodecError, decode_blob, get_codec
+from strategies.codecs import CodecError, codec_spec, decode_blob, get_codec, sparse_spec
 from strategies.compression import CompressionStrategy
-from strategies.presets import codec_spec, sparse_spec
 from strategies.wire import (
     blob_to_record,
     encode_content,
@@ -31,8 +30,7 @@ from strategies.wire import (
     record_to_blob,
     record_to_numpy,
 )
-from tests.conftest import make_message
-from tests.test_strategy import _arrays, _send
+from tests.helpers import make_arrays, make_message, send_round
 
 CODECS = [
     "fp32",
@@ -42,13 +40,13 @@ CODECS = [
     sparse_spec(0.3, "global", 32),
     sparse_spec(0.3, "tensor", 8),
 ]
-SHAPES = {k: v.shape for k, v in _arrays(0).items()}
+SHAPES = {k: v.shape for k, v in make_arrays(0).items()}
 MODEL_BYTES = sum(4 * int(np.prod(s)) for s in SHAPES.values())
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _blob(codec: str, seed: int = 1) -> bytes:
-    return get_codec(codec).encode(_arrays(seed))
+    return get_codec(codec).encode(make_arrays(seed))
 
 
 def _decode_or_reject(blob: bytes, codec: str) -> None:
@@ -163,11 +161,11 @@ def test_aggregate_train_survives_any_payload(codec: str, mutation: str, seed: i
         s = CompressionStrategy(
             FedAvg(min_available_nodes=1, min_train_nodes=1), "fp32", codec, reply=reply
         )
-        _send(s, _arrays(0))
+        send_round(s, make_arrays(0))
         return s
 
     def good() -> list:
-        return [_message(_arrays(i, 0.1), codec, reply, src=i) for i in (1, 2)]
+        return [_message(make_arrays(i, 0.1), codec, reply, src=i) for i in (1, 2)]
 
     blob = bytearray(_blob(codec, seed=3))
     if mutation == "random":
@@ -179,7 +177,7 @@ def test_aggregate_train_survives_any_payload(codec: str, mutation: str, seed: i
             blob[pos // 8] ^= 1 << (pos % 8)
     else:
         blob += rng.integers(0, 256, size=int(rng.integers(1, 1 << 16)), dtype=np.uint8).tobytes()
-    bad = _message(_arrays(3), codec, reply, src=9)
+    bad = _message(make_arrays(3), codec, reply, src=9)
     bad.content["arrays"] = blob_to_record(bytes(blob))
 
     s = strategy()

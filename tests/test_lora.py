@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from flora_app.lora import (
+from flora_app.ml.lora import (
     ModelSpec,
     StateMismatchError,
     build_trainable,

@@ -10,7 +10,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from flora_app.metering import message_wire_bytes
 from strategies.wire import numpy_to_record
-from tests.conftest import make_message
+from tests.helpers import make_message
 
 
 def _message(*arrays: np.ndarray):

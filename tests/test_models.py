@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flora_app.models import base_fingerprint, build_model, conv_module_names
+from flora_app.ml.models import base_fingerprint, build_model, conv_module_names
 
 
 @pytest.mark.parametrize(("name", "expected"), [("resnet8", 1_227_594), ("resnet18", 11_173_962)])

@@ -15,13 +15,12 @@ from flwr.serverapp.strategy import FedAvg
 
 from flora_app.config import ConfigError, FloraConfig
 from flora_app.server_app import run
+from strategies import OverSelection
+from strategies.chain import innermost, take_round_metrics
+from strategies.codecs import codec_spec
 from strategies.compression import CompressionStrategy
-from strategies.presets import codec_spec
 from strategies.wire import numpy_to_record, record_to_numpy
-from tests.conftest import make_message
-from tests.local_grid import LocalGrid
-from tests.test_strategy import _arrays
-from tests.test_validation import _bad_reply, _content
+from tests.helpers import LocalGrid, bad_reply, make_arrays, make_content, make_message
 
 Q4 = codec_spec(4)
 
@@ -46,7 +45,7 @@ def _configure(strategy: CompressionStrategy, global_arrays: OrderedDict) -> lis
 
 def _strategy(over_selection: float) -> CompressionStrategy:
     inner = FedAvg(fraction_train=0.3, min_available_nodes=1, min_train_nodes=1)
-    return CompressionStrategy(inner, "fp32", Q4, over_selection=over_selection)
+    return CompressionStrategy(OverSelection(inner, over_selection), "fp32", Q4)
 
 
 @pytest.mark.parametrize(("over", "sampled"), [(0.0, 3), (0.4, 4), (1.0, 6), (5.0, 10)])
@@ -54,9 +53,9 @@ def test_over_selection_enlarges_the_sample_and_restores_the_fraction(
     over: float, sampled: int
 ) -> None:
     strategy = _strategy(over)
-    nodes = _configure(strategy, _arrays(0))
+    nodes = _configure(strategy, make_arrays(0))
     assert len(nodes) == len(set(nodes)) == sampled
-    assert strategy.strategy.fraction_train == 0.3  # the inner strategy's own setting is kept
+    assert innermost(strategy).fraction_train == 0.3  # the inner strategy's own setting is kept
 
 
 def test_the_first_valid_replies_in_sampling_order_are_aggregated_exactly(
@@ -64,16 +63,16 @@ def test_the_first_valid_replies_in_sampling_order_are_aggregated_exactly(
 ) -> None:
     random.seed(3)
     strategy = _strategy(1.0)  # target 3 of 10, sample 6
-    order = _configure(strategy, _arrays(0))
+    order = _configure(strategy, make_arrays(0))
     assert len(order) == 6
-    updates = {node: _arrays(node) for node in order}
+    updates = {node: make_arrays(node) for node in order}
     examples = {node: 10 + i for i, node in enumerate(order)}
     bad = {order[1]}  # the second sampled node lies; the 4th in order fills its place
     replies = [
         make_message(
-            _bad_reply("truncated", Q4)
+            bad_reply("truncated", Q4)
             if node in bad
-            else _content(updates[node], {"num-examples": examples[node]}, Q4),
+            else make_content(updates[node], {"num-examples": examples[node]}, Q4),
             src=node,
         )
         for node in reversed(order)  # arrival order must not matter
@@ -82,11 +81,11 @@ def test_the_first_valid_replies_in_sampling_order_are_aggregated_exactly(
     used = [node for node in order if node not in bad][:3]
 
     reference = _strategy(0.0)
-    _configure(reference, _arrays(0))
+    _configure(reference, make_arrays(0))
     expected, _ = reference.aggregate_train(
         1,
         [
-            make_message(_content(updates[n], {"num-examples": examples[n]}, Q4), src=n)
+            make_message(make_content(updates[n], {"num-examples": examples[n]}, Q4), src=n)
             for n in reversed(order)  # Flower sums in arrival order; so does the reference
             if n in used
         ],
@@ -94,7 +93,7 @@ def test_the_first_valid_replies_in_sampling_order_are_aggregated_exactly(
     got, want = record_to_numpy(arrays), record_to_numpy(expected)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
-    metrics = strategy.take_round_metrics()
+    metrics = take_round_metrics(strategy)
     assert metrics["rejected_replies"] == 1
     assert metrics["aggregated_replies"] == 3
     assert metrics["spare_replies"] == 2
@@ -102,10 +101,12 @@ def test_the_first_valid_replies_in_sampling_order_are_aggregated_exactly(
 
 def test_without_over_selection_every_valid_reply_is_aggregated() -> None:
     strategy = _strategy(0.0)
-    order = _configure(strategy, _arrays(0))
-    replies = [make_message(_content(_arrays(n), {"num-examples": 5}, Q4), src=n) for n in order]
+    order = _configure(strategy, make_arrays(0))
+    replies = [
+        make_message(make_content(make_arrays(n), {"num-examples": 5}, Q4), src=n) for n in order
+    ]
     strategy.aggregate_train(1, replies)
-    metrics = strategy.take_round_metrics()
+    metrics = take_round_metrics(strategy)
     assert metrics["aggregated_replies"] == 3 and "spare_replies" not in metrics
 
 

@@ -14,7 +14,7 @@ import pytest
 from flora_app.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from flora_app.config import ConfigError, FloraConfig
 from flora_app.server_app import resume_point, run
-from tests.local_grid import LocalGrid, StopRunError
+from tests.helpers import LocalGrid, StopRunError
 
 # Wall-clock measurements: the only fields two identical runs may disagree on.
 TIMING_KEYS = {"seconds", "server_codec_seconds", "client_codec_seconds", "client_client_seconds"}

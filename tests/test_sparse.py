@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strategies.codecs import CodecError, SparseCodec, decode_blob, get_codec, read_header
-from strategies.sparse import (
+from strategies.codecs.sparse import (
     decode_gaps,
     encode_bitmap,
     encode_gaps,

@@ -6,112 +6,75 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.codecs import decode_blob, get_codec
+from strategies import FLASC, FedLoRA, FLoCoRA
+from strategies.chain import innermost
+from strategies.codecs import codec_spec, decode_blob, get_codec
 from strategies.compression import CompressionStrategy
-from strategies.presets import (
-    PRESETS,
-    StrategySettings,
-    build_strategy,
-    codec_spec,
-    schedule_factor,
-)
+from strategies.schedules import schedule_factor
 from strategies.wire import (
     HEADER_KEY,
-    encode_content,
-    make_header,
     numpy_to_record,
     record_to_blob,
     record_to_numpy,
 )
-from tests.conftest import make_message
+from tests.helpers import (
+    OneNodeGrid,
+    make_arrays,
+    make_message,
+    make_reply,
+    send_round,
+    weighted_mean,
+)
 
 Q4 = codec_spec(4)
+# Sampling for a one-node grid: the strategies' defaults are Flower's (two nodes at least).
+ONE_NODE = {"fraction_evaluate": 0.1, "min_available_nodes": 1, "min_train_nodes": 1}
 
 
 def _fedavg() -> FedAvg:
     return FedAvg(min_available_nodes=1, min_train_nodes=1)
 
 
-def _arrays(seed: int, scale: float = 1.0) -> OrderedDict:
-    rng = np.random.default_rng(seed)
-    return OrderedDict(
-        a=(rng.normal(size=(4, 3, 3, 3)) * scale).astype(np.float32),
-        w=(rng.normal(size=(5, 6)) * scale).astype(np.float32),
-        b=(rng.normal(size=5) * scale).astype(np.float32),
-    )
-
-
-class _OneNodeGrid:
-    """Just enough of a Grid for FedAvg's sampling; messages are built, not sent."""
-
-    def get_node_ids(self) -> list[int]:
-        return [7]
-
-
-def _send(strategy: CompressionStrategy, global_arrays: OrderedDict) -> OrderedDict:
-    """Run the real configure_train once; return what the client receives (decoded)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    (msg,) = strategy.configure_train(
-        1, numpy_to_record(global_arrays), ConfigRecord({"lr": 0.1}), _OneNodeGrid()
-    )
-    return decode_blob(record_to_blob(msg.content["arrays"]))
-
-
-def _reply(arrays: OrderedDict, n: int, src: int, codec: str, mode: str = "weights"):
-    content = RecordDict(
-        {"arrays": numpy_to_record(arrays), "metrics": MetricRecord({"num-examples": n})}
-    )
-    encoded = encode_content(content, get_codec(codec), make_header(codec, reply=mode))
-    return make_message(encoded, src=src, mid=str(src))
-
-
-def _weighted_mean(clients: list[tuple[OrderedDict, int]]) -> dict:
-    total = sum(n for _, n in clients)
-    return {k: sum(a[k].astype(np.float64) * n for a, n in clients) / total for k in clients[0][0]}
-
-
 def test_fp32_aggregate_is_the_example_weighted_mean() -> None:
     strategy = CompressionStrategy(_fedavg(), "fp32", "fp32")
-    _send(strategy, _arrays(0))
-    clients = [(_arrays(i), n) for i, n in enumerate([10, 30, 60], start=1)]
-    replies = [_reply(a, n, src=i + 1, codec="fp32") for i, (a, n) in enumerate(clients)]
+    send_round(strategy, make_arrays(0))
+    clients = [(make_arrays(i), n) for i, n in enumerate([10, 30, 60], start=1)]
+    replies = [make_reply(a, n, src=i + 1, codec="fp32") for i, (a, n) in enumerate(clients)]
     got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
-    for key, value in _weighted_mean(clients).items():
+    for key, value in weighted_mean(clients).items():
         np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6)
 
 
 def test_quantized_replies_aggregate_to_the_mean_of_their_dequantized_tensors() -> None:
     strategy = CompressionStrategy(_fedavg(), "fp32", Q4)
-    _send(strategy, _arrays(0))
-    clients = [(_arrays(i), n) for i, n in enumerate([10, 30, 60], start=1)]
-    replies = [_reply(a, n, src=i + 1, codec=Q4) for i, (a, n) in enumerate(clients)]
+    send_round(strategy, make_arrays(0))
+    clients = [(make_arrays(i), n) for i, n in enumerate([10, 30, 60], start=1)]
+    replies = [make_reply(a, n, src=i + 1, codec=Q4) for i, (a, n) in enumerate(clients)]
     dequantized = [
         (decode_blob(record_to_blob(r.content["arrays"])), n)
         for r, (_, n) in zip(replies, clients, strict=True)
     ]
     got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
-    for key, value in _weighted_mean(dequantized).items():
+    for key, value in weighted_mean(dequantized).items():
         np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6)
     # and 4 bits really lost information: the dequantized mean is not the fp32 mean
-    assert not np.allclose(got["a"], _weighted_mean(clients)["a"], atol=1e-4)
+    assert not np.allclose(got["a"], weighted_mean(clients)["a"], atol=1e-4)
 
 
 def test_updates_are_applied_to_the_dense_global_not_the_lossy_downlink() -> None:
     strategy = CompressionStrategy(
         FedAvg(min_available_nodes=1, min_train_nodes=1), codec_spec(8), "fp32", reply="update"
     )
-    dense = _arrays(0, scale=3.0)
-    received = _send(strategy, dense)  # 8-bit downlink: lossy
+    dense = make_arrays(0, scale=3.0)
+    received = send_round(strategy, dense)  # 8-bit downlink: lossy
     assert not np.allclose(received["a"], dense["a"], atol=1e-4)
-    updates = [(_arrays(i, scale=0.01), n) for i, n in ((1, 1), (2, 3))]
-    replies = [_reply(u, n, i + 1, "fp32", mode="update") for i, (u, n) in enumerate(updates)]
+    updates = [(make_arrays(i, scale=0.01), n) for i, n in ((1, 1), (2, 3))]
+    replies = [make_reply(u, n, i + 1, "fp32", mode="update") for i, (u, n) in enumerate(updates)]
     got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
-    mean_update = _weighted_mean(updates)
+    mean_update = weighted_mean(updates)
     for key in dense:
         np.testing.assert_allclose(got[key], dense[key] + mean_update[key], atol=1e-6)
 
@@ -122,23 +85,23 @@ def test_updates_are_applied_to_the_dense_global_not_the_lossy_downlink() -> Non
 )
 def test_a_bad_reply_is_dropped_and_the_rest_aggregate_exactly(corrupt: str) -> None:
     strategy = CompressionStrategy(_fedavg(), "fp32", Q4)
-    _send(strategy, _arrays(0))
-    good = [(_arrays(1), 10), (_arrays(2), 30)]
-    replies = [_reply(a, n, src=i + 1, codec=Q4) for i, (a, n) in enumerate(good)]
-    expected = _weighted_mean(
+    send_round(strategy, make_arrays(0))
+    good = [(make_arrays(1), 10), (make_arrays(2), 30)]
+    replies = [make_reply(a, n, src=i + 1, codec=Q4) for i, (a, n) in enumerate(good)]
+    expected = weighted_mean(
         [
             (decode_blob(record_to_blob(r.content["arrays"])), n)
             for r, (_, n) in zip(replies, good, strict=True)
         ]
     )
     if corrupt == "codec":
-        bad = _reply(_arrays(3), 1000, src=9, codec="fp32")
+        bad = make_reply(make_arrays(3), 1000, src=9, codec="fp32")
     elif corrupt == "mode":
-        bad = _reply(_arrays(3), 1000, src=9, codec=Q4, mode="update")
+        bad = make_reply(make_arrays(3), 1000, src=9, codec=Q4, mode="update")
     else:
-        wrong = _arrays(3)
+        wrong = make_arrays(3)
         wrong["a"] = wrong["a"][:2]
-        bad = _reply(wrong, 1000, src=9, codec=Q4)
+        bad = make_reply(wrong, 1000, src=9, codec=Q4)
     got = record_to_numpy(strategy.aggregate_train(1, [*replies, bad])[0])
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6)
@@ -146,21 +109,19 @@ def test_a_bad_reply_is_dropped_and_the_rest_aggregate_exactly(corrupt: str) -> 
     assert metrics["rejected_replies"] == 1 and metrics["failed_replies"] == 0
 
 
-def test_presets_cover_the_baselines_and_flocora() -> None:
-    assert PRESETS["fedavg"].lora is False and PRESETS["fedlora"].lora is True
-    strategy = build_strategy("fedlora", fraction_train=0.5, fraction_evaluate=0.1)
-    assert isinstance(strategy.strategy, FedAvg) and strategy.strategy.fraction_train == 0.5
+def test_strategy_classes_build_the_baseline_and_flocora() -> None:
+    strategy = FedLoRA(fraction_train=0.5, fraction_evaluate=0.1)
+    aggregator = innermost(strategy)
+    assert type(aggregator) is FedAvg and aggregator.fraction_train == 0.5
     assert strategy.uplink == "fp32" and strategy.downlink.spec == "fp32"
-    flocora = build_strategy(
-        "flocora", 1.0, 0.1, StrategySettings(quant_bits=2, quant_bits_down=8, quant_update=False)
-    )
+    flocora = FLoCoRA(quant_bits=2, quant_bits_down=8, reply="weights")
     assert flocora.uplink == codec_spec(2) and flocora.downlink.spec == codec_spec(8)
-    assert flocora.reply == "weights"
+    assert flocora.reply == "weights" and type(innermost(flocora)) is FedAvg
 
 
 def test_downlink_is_encoded_once_and_names_the_reply_codec() -> None:
     strategy = CompressionStrategy(FedAvg(), "fp32", Q4, reply="update", error_feedback=True)
-    content = RecordDict({"arrays": numpy_to_record(_arrays(0)), "config": ConfigRecord({})})
+    content = RecordDict({"arrays": numpy_to_record(make_arrays(0)), "config": ConfigRecord({})})
     messages = strategy._encode([make_message(content), make_message(content, dst=8)], True)
     assert messages[0].content is messages[1].content  # encoded once per round, not per node
     header = messages[0].content[HEADER_KEY]
@@ -172,28 +133,26 @@ def test_downlink_is_encoded_once_and_names_the_reply_codec() -> None:
 def _flasc(
     optimizer: str, lr: float, density_up: float = 0.5, density_down: float = 1.0, **extra
 ) -> CompressionStrategy:
-    settings = StrategySettings(
+    return FLASC(
         density_up=density_up,
         density_down=density_down,
         server_optimizer=optimizer,
         server_lr=lr,
+        **ONE_NODE,
         **extra,
     )
-    strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
-    strategy.strategy.min_train_nodes = 1
-    return strategy
 
 
 def _sparse_replies(strategy: CompressionStrategy, updates: list[tuple[OrderedDict, int]]):
     codec = strategy.uplink
-    return [_reply(u, n, i + 1, codec, mode="update") for i, (u, n) in enumerate(updates)]
+    return [make_reply(u, n, i + 1, codec, mode="update") for i, (u, n) in enumerate(updates)]
 
 
 def test_flasc_sgd_with_lr_one_is_fedavg_of_the_sparse_updates() -> None:
     strategy = _flasc("sgd", 1.0)
-    dense = _arrays(0)
-    _send(strategy, dense)
-    updates = [(_arrays(i, scale=0.1), n) for i, n in ((1, 10), (2, 30))]
+    dense = make_arrays(0)
+    send_round(strategy, dense)
+    updates = [(make_arrays(i, scale=0.1), n) for i, n in ((1, 10), (2, 30))]
     replies = _sparse_replies(strategy, updates)
     sent = [
         (decode_blob(record_to_blob(r.content["arrays"])), n)
@@ -203,7 +162,7 @@ def test_flasc_sgd_with_lr_one_is_fedavg_of_the_sparse_updates() -> None:
     for update, _ in sent:  # each client sent exactly half of its update
         assert sum(np.count_nonzero(v) for v in update.values()) == round(0.5 * total)
     got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
-    mean = _weighted_mean(sent)
+    mean = weighted_mean(sent)
     for key in dense:  # FedAvg of (dense + sparse update) == dense + mean sparse update
         np.testing.assert_allclose(got[key], dense[key] + mean[key], rtol=1e-6, atol=1e-6)
 
@@ -211,19 +170,19 @@ def test_flasc_sgd_with_lr_one_is_fedavg_of_the_sparse_updates() -> None:
 def test_flasc_adam_matches_a_hand_computation_over_two_rounds() -> None:
     lr, b1, b2, eps = 0.05, 0.8, 0.99, 1e-3  # not the defaults: the keys must reach Flower
     strategy = _flasc("adam", lr, server_beta1=b1, server_beta2=b2, server_eps=eps)
-    x = {k: v.astype(np.float64) for k, v in _arrays(0).items()}
+    x = {k: v.astype(np.float64) for k, v in make_arrays(0).items()}
     m = {k: np.zeros_like(v) for k, v in x.items()}
     v = {k: np.zeros_like(v) for k, v in x.items()}
     for server_round in (1, 2):
-        _send(strategy, OrderedDict((k, val.astype(np.float32)) for k, val in x.items()))
-        updates = [(_arrays(10 * server_round + i, scale=0.1), n) for i, n in ((1, 1), (2, 3))]
+        send_round(strategy, OrderedDict((k, val.astype(np.float32)) for k, val in x.items()))
+        updates = [(make_arrays(10 * server_round + i, scale=0.1), n) for i, n in ((1, 1), (2, 3))]
         replies = _sparse_replies(strategy, updates)
         sent = [
             (decode_blob(record_to_blob(r.content["arrays"])), n)
             for r, (_, n) in zip(replies, updates, strict=True)
         ]
         got = record_to_numpy(strategy.aggregate_train(server_round, replies)[0])
-        delta = _weighted_mean(sent)  # the pseudo-gradient: mean sparse update
+        delta = weighted_mean(sent)  # the pseudo-gradient: mean sparse update
         step = lr * np.sqrt(1 - b2 ** (server_round + 1)) / (1 - b1 ** (server_round + 1))
         for k in x:  # Flower's FedAdam, written out
             m[k] = b1 * m[k] + (1 - b1) * delta[k]
@@ -235,20 +194,22 @@ def test_flasc_adam_matches_a_hand_computation_over_two_rounds() -> None:
 
 def test_flasc_sends_exactly_k_entries_each_way() -> None:
     strategy = _flasc("adam", 0.01, density_up=0.1, density_down=0.25)
-    received = _send(strategy, _arrays(0))
+    received = send_round(strategy, make_arrays(0))
     total = sum(v.size for v in received.values())
     assert sum(np.count_nonzero(v) for v in received.values()) == round(0.25 * total)
-    (reply,) = _sparse_replies(strategy, [(_arrays(5), 3)])
+    (reply,) = _sparse_replies(strategy, [(make_arrays(5), 3)])
     update = decode_blob(record_to_blob(reply.content["arrays"]))
     assert sum(np.count_nonzero(v) for v in update.values()) == round(0.1 * total)
 
 
 def test_round_metrics_report_realised_density_and_index_encoding() -> None:
     strategy = _flasc("adam", 0.01, density_up=0.1, density_down=0.25)
-    _send(strategy, _arrays(0))
-    strategy.aggregate_train(1, _sparse_replies(strategy, [(_arrays(5), 3), (_arrays(6), 1)]))
+    send_round(strategy, make_arrays(0))
+    strategy.aggregate_train(
+        1, _sparse_replies(strategy, [(make_arrays(5), 3), (make_arrays(6), 1)])
+    )
     metrics = strategy.take_round_metrics()
-    total = sum(v.size for v in _arrays(0).values())
+    total = sum(v.size for v in make_arrays(0).values())
     assert metrics["down_density"] == pytest.approx(round(0.25 * total) / total)
     assert metrics["up_density"] == pytest.approx(round(0.1 * total) / total)
     assert metrics["up_bitmap_tensors"] + metrics["up_gap_tensors"] == 3
@@ -256,13 +217,11 @@ def test_round_metrics_report_realised_density_and_index_encoding() -> None:
 
 
 def test_density_schedule_decays_the_codecs_round_by_round() -> None:
-    settings = StrategySettings(density_up=0.4, density_down=0.8, density_schedule="decay:0.5:2")
-    strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
-    strategy.strategy.min_train_nodes = 1
+    strategy = FLASC(density_up=0.4, density_down=0.8, density_schedule="decay:0.5:2", **ONE_NODE)
     seen = []
     for server_round in (1, 2, 3, 5):
         strategy.configure_train(
-            server_round, numpy_to_record(_arrays(0)), ConfigRecord({}), _OneNodeGrid()
+            server_round, numpy_to_record(make_arrays(0)), ConfigRecord({}), OneNodeGrid()
         )
         seen.append((strategy.downlink.density, get_codec(strategy.uplink).density))
     assert seen == [(0.8, 0.4), (0.8, 0.4), (0.4, 0.2), (0.2, 0.1)]
@@ -272,12 +231,10 @@ def test_density_schedule_decays_the_codecs_round_by_round() -> None:
 
 @pytest.mark.parametrize("aggregation", ["median", "trimmed-mean"])
 def test_robust_aggregation_ignores_a_poisoned_but_valid_reply(aggregation: str) -> None:
-    settings = StrategySettings(aggregation=aggregation, trim_fraction=0.25)
-    strategy = build_strategy("fedlora", 1.0, 0.1, settings, min_available_nodes=1)
-    strategy.strategy.min_train_nodes = 1
-    _send(strategy, _arrays(0))
-    clients = [(_arrays(i), 10) for i in (1, 2, 3)] + [(_arrays(4, scale=1e4), 10)]
-    replies = [_reply(a, n, src=i + 1, codec="fp32") for i, (a, n) in enumerate(clients)]
+    strategy = FedLoRA(aggregation=aggregation, trim_fraction=0.25, **ONE_NODE)
+    send_round(strategy, make_arrays(0))
+    clients = [(make_arrays(i), 10) for i in (1, 2, 3)] + [(make_arrays(4, scale=1e4), 10)]
+    replies = [make_reply(a, n, src=i + 1, codec="fp32") for i, (a, n) in enumerate(clients)]
     got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
     stacked = {k: np.stack([a[k] for a, _ in clients]) for k in clients[0][0]}
     for key, values in stacked.items():
@@ -287,15 +244,15 @@ def test_robust_aggregation_ignores_a_poisoned_but_valid_reply(aggregation: str)
         )
         np.testing.assert_allclose(got[key], expected, rtol=1e-6, atol=1e-6)
         assert np.abs(got[key]).max() < 10  # the 1e4-scaled reply did not drag it away
-    mean = _weighted_mean(clients)
+    mean = weighted_mean(clients)
     assert np.abs(mean["w"]).max() > 100  # while the plain mean would have been
 
 
 def test_flasc_composes_its_server_optimizer_with_the_median_of_the_updates() -> None:
     strategy = _flasc("sgd", 1.0, density_up=1.0, aggregation="median")
-    dense = _arrays(0)
-    _send(strategy, dense)
-    updates = [(_arrays(i, scale=0.1), n) for i, n in ((1, 1), (2, 50), (3, 1))]
+    dense = make_arrays(0)
+    send_round(strategy, dense)
+    updates = [(make_arrays(i, scale=0.1), n) for i, n in ((1, 1), (2, 50), (3, 1))]
     replies = _sparse_replies(strategy, updates)
     got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
     for key in dense:
@@ -305,10 +262,10 @@ def test_flasc_composes_its_server_optimizer_with_the_median_of_the_updates() ->
 
 def test_server_lr_schedule_scales_the_optimizer_step_round_by_round() -> None:
     strategy = _flasc("sgd", 1.0, density_up=1.0, server_lr_schedule="decay:0.5:1")
-    dense = _arrays(0)
+    dense = make_arrays(0)
     for server_round, factor in ((1, 1.0), (2, 0.5), (3, 0.25)):
-        _send(strategy, dense)
-        update = _arrays(server_round, scale=0.1)
+        send_round(strategy, dense)
+        update = make_arrays(server_round, scale=0.1)
         (reply,) = _sparse_replies(strategy, [(update, 5)])
         got = record_to_numpy(strategy.aggregate_train(server_round, [reply])[0])
         for key in dense:

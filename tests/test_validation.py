@@ -7,95 +7,22 @@ import json
 import struct
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.codecs import Entry, decode_blob, get_codec
+from strategies import FLASC
+from strategies.codecs import Entry, codec_spec, decode_blob
 from strategies.compression import CompressionStrategy
-from strategies.presets import StrategySettings, build_strategy, codec_spec
 from strategies.wire import (
-    encode_content,
-    make_header,
-    numpy_to_record,
     record_to_blob,
     record_to_numpy,
 )
-from tests.conftest import make_message
-from tests.test_strategy import _arrays, _send
+from tests.helpers import bad_reply, make_arrays, make_content, make_message, send_round, with_blob
 
 Q4 = codec_spec(4)
-
-
-def _content(arrays: OrderedDict, metrics: dict, codec: str, mode: str = "weights") -> RecordDict:
-    content = RecordDict({"arrays": numpy_to_record(arrays), "metrics": MetricRecord(metrics)})
-    return encode_content(content, get_codec(codec), make_header(codec, reply=mode))
-
-
-def _with_blob(content: RecordDict, edit: Callable[[bytearray], bytes | bytearray]) -> RecordDict:
-    """The same reply with its payload bytes edited."""
-    from strategies.wire import blob_to_record
-
-    blob = bytearray(record_to_blob(content["arrays"]))
-    content["arrays"] = blob_to_record(bytes(edit(blob)))
-    return content
-
-
-def _nan_in_body(blob: bytearray) -> bytearray:
-    """Overwrite the last fp32 value of the body with NaN (the encoder itself refuses NaN)."""
-    blob[-4:] = struct.pack("<f", float("nan"))
-    return blob
-
-
-def _bad_reply(kind: str, codec: str) -> RecordDict:
-    good = _arrays(3)
-    metrics = {"num-examples": 1000, "train-loss": 0.5}
-    if kind == "wrong-codec":
-        return _content(good, metrics, "fp32" if codec != "fp32" else "fp16")
-    if kind == "wrong-bits":
-        return _content(good, metrics, codec_spec(2))
-    if kind == "wrong-mode":
-        return _content(good, metrics, codec, mode="update")
-    if kind == "wrong-shape":
-        good["a"] = good["a"][:2]
-        return _content(good, metrics, codec)
-    if kind == "missing-tensor":
-        del good["b"]
-        return _content(good, metrics, codec)
-    if kind == "extra-tensor":
-        good["z"] = np.ones(3, np.float32)
-        return _content(good, metrics, codec)
-    if kind == "nan-value":
-        return _with_blob(_content(good, metrics, codec), _nan_in_body)
-    if kind == "truncated":
-        return _with_blob(_content(good, metrics, codec), lambda b: b[: len(b) // 2])
-    if kind == "bad-magic":
-        return _with_blob(_content(good, metrics, codec), lambda b: b"XXXX" + b[4:])
-    if kind == "oversized":
-        return _with_blob(_content(good, metrics, codec), lambda b: b + bytes(1 << 20))
-    if kind.startswith("examples="):
-        value = {"zero": 0, "negative": -5, "fraction": 2.5, "huge": 10**9}[kind.split("=")[1]]
-        return _content(good, {**metrics, "num-examples": value}, codec)
-    if kind == "no-examples":
-        return _content(good, {"train-loss": 0.5}, codec)
-    if kind == "nan-metric":
-        return _content(good, {**metrics, "train-loss": float("nan")}, codec)
-    if kind == "two-array-records":
-        content = _content(good, metrics, codec)
-        content["extra"] = numpy_to_record(good)
-        return content
-    if kind == "no-metrics":
-        content = _content(good, metrics, codec)
-        del content["metrics"]
-        return content
-    if kind == "unexpected-config":
-        content = _content(good, metrics, codec)
-        content["sneaky"] = ConfigRecord({"x": 1})
-        return content
-    raise AssertionError(kind)
 
 
 REASONS = {
@@ -134,19 +61,19 @@ def test_each_bad_reply_is_rejected_and_the_good_ones_aggregate_exactly(
         strategy = CompressionStrategy(
             FedAvg(min_available_nodes=1, min_train_nodes=1), "fp32", codec
         )
-        _send(strategy, _arrays(0))
+        send_round(strategy, make_arrays(0))
         return strategy
 
     def good() -> list[Message]:
         return [
-            make_message(_content(a, {"num-examples": n, "train-loss": 0.1 * n}, codec), src=s)
-            for s, (a, n) in ((1, (_arrays(1), 10)), (2, (_arrays(2), 30)))
+            make_message(make_content(a, {"num-examples": n, "train-loss": 0.1 * n}, codec), src=s)
+            for s, (a, n) in ((1, (make_arrays(1), 10)), (2, (make_arrays(2), 30)))
         ]
 
     expected = record_to_numpy(fresh().aggregate_train(1, good())[0])
     strategy = fresh()
     first, second = good()
-    bad = make_message(_bad_reply(kind, codec), src=99)
+    bad = make_message(bad_reply(kind, codec), src=99)
     arrays, metrics = strategy.aggregate_train(1, [first, bad, second])
     got = record_to_numpy(arrays)
     assert list(got) == list(expected)
@@ -164,14 +91,14 @@ def test_each_bad_reply_is_rejected_and_the_good_ones_aggregate_exactly(
 def test_nan_scales_of_an_affine_reply_are_rejected(warnings_log: list[str]) -> None:
     """The affine codec's NaN: the per-channel scale, not the packed codes."""
     strategy = CompressionStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1), "fp32", Q4)
-    _send(strategy, _arrays(0))
-    content = _content(_arrays(1), {"num-examples": 5}, Q4)
+    send_round(strategy, make_arrays(0))
+    content = make_content(make_arrays(1), {"num-examples": 5}, Q4)
     blob = bytearray(record_to_blob(content["arrays"]))
     header_len = struct.unpack("<I", blob[4:8])[0]
     body = 8 + header_len
     blob[body : body + 4] = struct.pack("<f", float("nan"))  # the fp32 unit of tensor "a"
-    bad = make_message(_with_blob(content, lambda _: blob), src=5)
-    good = make_message(_content(_arrays(2), {"num-examples": 5}, Q4), src=6)
+    bad = make_message(with_blob(content, lambda _: blob), src=5)
+    good = make_message(make_content(make_arrays(2), {"num-examples": 5}, Q4), src=6)
     expected = decode_blob(record_to_blob(good.content["arrays"]))
     arrays, _ = strategy.aggregate_train(1, [bad, good])
     for key, value in record_to_numpy(arrays).items():
@@ -184,15 +111,15 @@ def test_an_update_that_overflows_the_global_is_rejected(warnings_log: list[str]
     strategy = CompressionStrategy(
         FedAvg(min_available_nodes=1, min_train_nodes=1), "fp32", "fp32", reply="update"
     )
-    dense = _arrays(0)
+    dense = make_arrays(0)
     dense["w"][0, 0] = 3e38
-    _send(strategy, dense)
-    huge = _arrays(1, scale=0.0)
+    send_round(strategy, dense)
+    huge = make_arrays(1, scale=0.0)
     huge["w"][0, 0] = 3e38  # finite, but global + update is inf
-    small = _arrays(2, scale=0.01)
+    small = make_arrays(2, scale=0.01)
     replies = [
-        make_message(_content(huge, {"num-examples": 3}, "fp32", "update"), src=1),
-        make_message(_content(small, {"num-examples": 3}, "fp32", "update"), src=2),
+        make_message(make_content(huge, {"num-examples": 3}, "fp32", "update"), src=1),
+        make_message(make_content(small, {"num-examples": 3}, "fp32", "update"), src=2),
     ]
     arrays, _ = strategy.aggregate_train(1, replies)
     for key, value in record_to_numpy(arrays).items():
@@ -201,7 +128,9 @@ def test_an_update_that_overflows_the_global_is_rejected(warnings_log: list[str]
 
 
 def _sparse_reply(strategy: CompressionStrategy, update: OrderedDict, n: int, src: int) -> Message:
-    return make_message(_content(update, {"num-examples": n}, strategy.uplink, "update"), src=src)
+    return make_message(
+        make_content(update, {"num-examples": n}, strategy.uplink, "update"), src=src
+    )
 
 
 def _container(entries: list[Entry], bodies: list[bytes]) -> bytes:
@@ -227,19 +156,20 @@ BAD_INDICES = {
 
 @pytest.mark.parametrize("defect", sorted(BAD_INDICES))
 def test_sparse_replies_with_bad_indices_are_rejected(defect: str, warnings_log) -> None:
-    settings = StrategySettings(
+    strategy = FLASC(
         density_up=1.0,
         density_down=1.0,
         sparsity_scope="tensor",
         server_optimizer="sgd",
         server_lr=1.0,
+        fraction_evaluate=0.1,
+        min_available_nodes=1,
+        min_train_nodes=1,
     )
-    strategy = build_strategy("flasc", 1.0, 0.1, settings, min_available_nodes=1)
-    strategy.strategy.min_train_nodes = 1
     # density 1 per tensor: every entry of every tensor is kept, so k is the tensor size
-    dense = _arrays(0)
-    _send(strategy, dense)
-    good = _sparse_reply(strategy, _arrays(1, scale=0.1), 4, src=1)
+    dense = make_arrays(0)
+    send_round(strategy, dense)
+    good = _sparse_reply(strategy, make_arrays(1, scale=0.1), 4, src=1)
     kind, index = BAD_INDICES[defect]
     k = 108  # density 1 per tensor: the codec demands k == size
     entries = [
@@ -252,8 +182,8 @@ def test_sparse_replies_with_bad_indices_are_rejected(defect: str, warnings_log)
         np.packbits(np.ones(30, np.uint8)).tobytes() + np.ones(30, "<f4").tobytes(),
         np.packbits(np.ones(5, np.uint8)).tobytes() + np.ones(5, "<f4").tobytes(),
     ]
-    bad = _sparse_reply(strategy, _arrays(2, scale=0.1), 4, src=2)
-    bad = make_message(_with_blob(bad.content, lambda _: _container(entries, bodies)), src=2)
+    bad = _sparse_reply(strategy, make_arrays(2, scale=0.1), 4, src=2)
+    bad = make_message(with_blob(bad.content, lambda _: _container(entries, bodies)), src=2)
     sent = decode_blob(record_to_blob(good.content["arrays"]))
     arrays, _ = strategy.aggregate_train(1, [good, bad])
     for key, value in record_to_numpy(arrays).items():
@@ -265,10 +195,8 @@ def test_sparse_replies_with_bad_indices_are_rejected(defect: str, warnings_log)
 def test_with_no_valid_reply_the_round_aggregates_nothing(warnings_log: list[str]) -> None:
     """Flower's ``start`` keeps the previous global when aggregation returns ``None``."""
     strategy = CompressionStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1), "fp32", Q4)
-    _send(strategy, _arrays(0))
-    bad = [
-        make_message(_bad_reply(k, Q4), src=i) for i, k in enumerate(["truncated", "no-metrics"])
-    ]
+    send_round(strategy, make_arrays(0))
+    bad = [make_message(bad_reply(k, Q4), src=i) for i, k in enumerate(["truncated", "no-metrics"])]
     arrays, _ = strategy.aggregate_train(1, bad)
     assert arrays is None
     assert strategy.take_round_metrics()["rejected_replies"] == 2
@@ -278,11 +206,13 @@ def test_with_no_valid_reply_the_round_aggregates_nothing(warnings_log: list[str
 def test_replies_with_different_metric_keys_still_aggregate(warnings_log: list[str]) -> None:
     """Flower's FedAvg would stop the round (InconsistentMessageReplies); we keep both."""
     strategy = CompressionStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1), "fp32", Q4)
-    _send(strategy, _arrays(0))
+    send_round(strategy, make_arrays(0))
     replies = [
-        make_message(_content(_arrays(1), {"num-examples": 1, "train-loss": 1.0}, Q4), src=1),
         make_message(
-            _content(_arrays(2), {"num-examples": 3, "train-loss": 2.0, "x": 5}, Q4), src=2
+            make_content(make_arrays(1), {"num-examples": 1, "train-loss": 1.0}, Q4), src=1
+        ),
+        make_message(
+            make_content(make_arrays(2), {"num-examples": 3, "train-loss": 2.0, "x": 5}, Q4), src=2
         ),
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)

@@ -1,0 +1,1 @@
+"""Models, LoRA, data and training: what the apps build and train. Knows nothing of the wire."""

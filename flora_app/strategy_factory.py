@@ -1,0 +1,89 @@
+"""The ``strategy`` run-config key -> one of the strategy classes, built from the config.
+
+The only place where the app names strategies: each builder passes the config's sections to the
+class's keyword arguments, so a reader sees exactly which class runs with which settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flora_app.config import STRATEGIES, FloraConfig
+from strategies import FLASC, CompressionStrategy, FedLoRA, FLoCoRA
+
+
+def _sampling(cfg: FloraConfig) -> dict[str, Any]:
+    """Node sampling: as few as one node may train or evaluate; rounds wait for two online."""
+    return {
+        "fraction_train": cfg.run.fraction_train,
+        "fraction_evaluate": cfg.run.fraction_evaluate,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": 2,
+    }
+
+
+def _replies(cfg: FloraConfig) -> dict[str, Any]:
+    """Which replies count, the same for every strategy."""
+    r = cfg.robustness
+    return {
+        "aggregation": r.aggregation,
+        "trim_fraction": r.trim_fraction,
+        "over_selection": r.over_selection,
+        "max_num_examples": r.max_num_examples,
+    }
+
+
+def _fedlora(cfg: FloraConfig) -> FedLoRA:
+    return FedLoRA(**_sampling(cfg), **_replies(cfg))
+
+
+def _flocora(cfg: FloraConfig) -> FLoCoRA:
+    c = cfg.compression
+    return FLoCoRA(
+        **_sampling(cfg),
+        quant_bits=c.quant_bits,
+        quant_bits_down=c.quant_bits_down,
+        quant_granularity=c.quant_granularity,
+        quant_meta=c.quant_meta,
+        reply="update" if c.quant_update else "weights",
+        error_feedback=c.error_feedback,
+        **_replies(cfg),
+    )
+
+
+def _flasc(cfg: FloraConfig) -> FLASC:
+    c, s = cfg.compression, cfg.server
+    return FLASC(
+        **_sampling(cfg),
+        density_up=c.density_up,
+        density_down=c.density_down,
+        density_schedule=c.density_schedule,
+        sparsity_scope=c.sparsity_scope,
+        sparse_value_bits=c.sparse_value_bits,
+        error_feedback=c.error_feedback,
+        server_optimizer=s.server_optimizer,
+        server_lr=s.server_lr,
+        server_lr_schedule=s.server_lr_schedule,
+        server_eps=s.server_eps,
+        server_beta1=s.server_beta1,
+        server_beta2=s.server_beta2,
+        **_replies(cfg),
+    )
+
+
+# fedavg exchanges the whole model through the same dense fp32 strategy as fedlora: what
+# differs is the model the app builds (``FloraConfig.use_lora``), not the strategy.
+BUILDERS: dict[str, Callable[[FloraConfig], CompressionStrategy]] = {
+    "fedavg": _fedlora,
+    "fedlora": _fedlora,
+    "flocora": _flocora,
+    "flasc": _flasc,
+}
+assert tuple(BUILDERS) == STRATEGIES, "every strategy choice has exactly one builder"
+
+
+def build_strategy(cfg: FloraConfig) -> CompressionStrategy:
+    """The configured strategy, ready for ``start``."""
+    return BUILDERS[cfg.run.strategy](cfg)

@@ -1,0 +1,1 @@
+"""Tools around the app: launchers, benchmarks, probes. Not shipped in the FAB."""

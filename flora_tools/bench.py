@@ -1,0 +1,545 @@
+"""``make bench``: the papers' comparison, accuracy against measured bytes, in one command.
+
+Runs a sweep of configurations on one federation and seed, each a real ``flwr run`` through
+``flora_tools.run_simulation`` (local simulation SuperLink, free ports, cleaned up after), one
+at a time; then measures each model's client-side training memory in a fresh process
+(``flora_tools.memory_probe``) and writes ``report.md`` / ``report.json`` and two plots
+(``flora_tools.bench_report``) next to every run's own folder::
+
+    python -m flora_tools.bench                       # the CPU sweep below, seed 0
+    python -m flora_tools.bench --seeds 3             # seeds 0, 1, 2: mean ± spread
+    python -m flora_tools.bench --configs fedavg,flocora-q4 --rounds 10 --out outputs/b
+    python -m flora_tools.bench --report-only --out outputs/b   # rebuild the report
+    python -m flora_tools.bench --preset cifar10-paper          # FLoCoRA's setup, needs the Hub
+
+The sweep (``SWEEP``): ``fedavg`` (full model); ``fedlora`` r = 8, 16, 32 (alpha = 16 r, as
+FLoCoRA); ``flocora`` r = 16 with 8 / 4 / 2-bit uplink and 8-bit both ways; ``flasc`` with
+uplink density 0.25 / 0.1 / 0.05 (downlink 0.25), and 0.1 with 8-bit values; and error
+feedback on the 2-bit uplink, where quantization error is largest (the variant docs/benchmark.md's
+runs measured). Every configuration sets its distinguishing keys explicitly; the rest (e.g.
+FLASC's server optimizer and rate) are the app's ``pyproject.toml`` defaults, and each run's
+resolved ``config.json`` is what the report prints.
+
+The CPU preset (``cpu-digits``) is the issue's federation: digits, ResNet-8 width 64, 100
+SuperNodes, 10 sampled per round, Dirichlet(0.5) label skew. Why these rounds and epochs:
+
+- digits has 1,437 train images; 100 Dirichlet partitions hold 5-30 (median 13) after the
+  10 % validation hold-out (flora_app.ml.data lowers flwr-datasets' minimum partition size until
+  the split exists; no client is empty, 1-3 have no validation images, which the client
+  handles). One local epoch is therefore a single SGD step, and a round's cost is almost all
+  fixed per-message work (Ray dispatch, model build, codecs, evaluation), not training.
+- so ``local-epochs = 5`` (FLoCoRA's own value) costs little more than 1 and makes each round
+  five steps of progress; ``fraction-evaluate = 0.1`` (10 clients measure the global model's
+  BatchNorm statistics, about 120 images) halves the evaluate phase against 0.2.
+- ``num-server-rounds = 25``, from measurements (docs/benchmark.md; taken while other
+  simulations shared the 2 cores, so wall times were inflated 2-4x and CPU seconds are the
+  firmer number): fedlora r=16 on this federation first passes 90 % at round 14, is at
+  90-95 % from round 20 and at its 93-98 % plateau from about round 27 (60-round run).
+  Per ``flwr run``, start-up to the end of round 1 (SuperLink, Ray, two ClientApp actors
+  importing torch and peft) costs 53-72 CPU-s and teardown ~5; a later round costs 4.0 CPU-s
+  (fedlora), 5.3 (fedavg), 7.0 (flasc, which also scores its sparse download). The app's
+  older 10-node runs did 4.7 CPU-s rounds in 2.2 s of wall time, i.e. both cores busy. For
+  13 runs that gives about 13 x 45-55 s of start-up plus 24 x 32 s of later rounds: 21-26
+  minutes with the memory probes, under 30; 30 rounds would be 25-30, too close to it.
+  100 simulated SuperNodes start as cheaply as 10 (53 vs 54 CPU-s to the end of round 1).
+
+``cifar10-paper`` is FLoCoRA's setup (CIFAR-10, ResNet-8, 100 clients, 10 per round,
+Dirichlet 0.5, 5 local epochs, 100 rounds, batch 32, SGD 0.01 Nesterov). It needs the Hugging
+Face Hub (or ``--set "dataset-source='/path/to/copy'"``); local training and evaluation use
+CUDA when torch sees a GPU (``flora_app.ml.training.select_device``). Ray would hide the GPU
+from ClientApp actors that ask for no GPU, so this preset sets
+``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES=1`` and all actors share it. Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flora_tools.bench_report import Group, Run, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = "flora_tools.run_simulation"  # run as ``python -m``
+HEARTBEAT_FAILURE = "No heartbeat received"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One configuration of the sweep: a name and the run-config keys that make it."""
+
+    name: str
+    keys: dict[str, Any]
+
+
+SWEEP: tuple[SweepConfig, ...] = (
+    SweepConfig("fedavg", {"strategy": "fedavg"}),
+    SweepConfig("fedlora-r8", {"strategy": "fedlora", "lora-r": 8, "lora-alpha": 128.0}),
+    SweepConfig("fedlora-r16", {"strategy": "fedlora", "lora-r": 16, "lora-alpha": 256.0}),
+    SweepConfig("fedlora-r32", {"strategy": "fedlora", "lora-r": 32, "lora-alpha": 512.0}),
+    *(
+        SweepConfig(
+            f"flocora-q{bits}",
+            {"strategy": "flocora", "quant-bits": bits, "quant-bits-down": 32},
+        )
+        for bits in (8, 4, 2)
+    ),
+    SweepConfig("flocora-q8-down8", {"strategy": "flocora", "quant-bits": 8, "quant-bits-down": 8}),
+    *(
+        SweepConfig(
+            f"flasc-d{round(100 * density):02d}",
+            {
+                "strategy": "flasc",
+                "density-up": density,
+                "density-down": 0.25,
+                "sparse-value-bits": 32,
+            },
+        )
+        for density in (0.25, 0.1, 0.05)
+    ),
+    SweepConfig(
+        "flasc-d10-v8",
+        {"strategy": "flasc", "density-up": 0.1, "density-down": 0.25, "sparse-value-bits": 8},
+    ),
+    SweepConfig(
+        "flocora-q2-ef",
+        {"strategy": "flocora", "quant-bits": 2, "quant-bits-down": 32, "error-feedback": True},
+    ),
+)
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """A federation: run-config keys shared by every configuration, and how to run it."""
+
+    name: str
+    run_config: dict[str, Any]
+    supernodes: int
+    target_accuracy: float
+    env: dict[str, str] = field(default_factory=dict)
+    summary: str = ""
+
+
+_COMMON = {
+    "model": "resnet8",
+    "model-width": 64,
+    "partitioner": "dirichlet",
+    "dirichlet-alpha": 0.5,
+    "fraction-train": 0.1,
+    "fraction-evaluate": 0.1,
+    "local-epochs": 5,
+    "batch-size": 32,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "lora-r": 16,
+    "lora-alpha": 256.0,
+}
+
+PRESETS: dict[str, BenchPreset] = {
+    "cpu-digits": BenchPreset(
+        "cpu-digits",
+        {**_COMMON, "dataset": "digits", "num-server-rounds": 25},
+        supernodes=100,
+        target_accuracy=0.9,
+        summary="digits, ResNet-8 w64, 100 clients, 10/round, Dirichlet 0.5, 5 local epochs",
+    ),
+    "cifar10-paper": BenchPreset(
+        "cifar10-paper",
+        {**_COMMON, "dataset": "cifar10", "num-server-rounds": 100},
+        supernodes=100,
+        target_accuracy=0.7,
+        env={"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"},
+        summary="CIFAR-10, ResNet-8 w64, 100 clients, 10/round, Dirichlet 0.5, 5 local "
+        "epochs, 100 rounds (FLoCoRA); CUDA when present",
+    ),
+}
+
+
+def app_defaults() -> dict[str, Any]:
+    """The app's run-config defaults, from ``pyproject.toml``."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return dict(data["tool"]["flwr"]["app"]["config"])
+
+
+def format_value(value: Any) -> str:
+    """One value in ``flwr run --run-config`` syntax (TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        if "'" in value:
+            raise ValueError(f"run-config value {value!r} contains a single quote")
+        return f"'{value}'"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    raise TypeError(f"run-config value {value!r}: expected bool, int, float or str")
+
+
+def format_run_config(keys: dict[str, Any]) -> str:
+    return " ".join(f"{k}={format_value(v)}" for k, v in keys.items())
+
+
+def parse_run_config(text: str) -> dict[str, Any]:
+    """``"k=v k2='s'"`` as Flower parses ``--run-config``."""
+    from flwr.common.config import parse_config_args
+
+    return dict(parse_config_args([text])) if text.strip() else {}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the sweep: a configuration at a seed, and where it goes."""
+
+    config: SweepConfig
+    seed: int
+    keys: dict[str, Any]  # what is passed to ``--run-config`` (all but the app defaults)
+    run_dir: Path
+    log: Path
+
+
+def plan(
+    preset: BenchPreset,
+    configs: list[SweepConfig],
+    seeds: int,
+    overrides: dict[str, Any],
+    out: Path,
+) -> list[Job]:
+    """Jobs in sweep order, seeds innermost. Precedence: preset < overrides < configuration."""
+    jobs = []
+    for config in configs:
+        for seed in range(seeds):
+            name = f"{config.name}-s{seed}"
+            keys = {
+                **preset.run_config,
+                **overrides,
+                **config.keys,
+                "seed": seed,
+                "output-dir": str(out / "runs"),
+                "run-name": name,
+            }
+            jobs.append(Job(config, seed, keys, out / "runs" / name, out / "logs" / f"{name}.log"))
+    return jobs
+
+
+def _finished(job: Job) -> bool:
+    """The run folder is complete and was made with the same keys (so a sweep can resume)."""
+    if not (job.run_dir / "summary.json").exists():
+        return False
+    made = json.loads((job.run_dir / "config.json").read_text())
+    different = {k for k, v in job.keys.items() if made.get(k) != v}
+    if different:
+        raise SystemExit(
+            f"{job.run_dir} exists with different {sorted(different)}; use another --out"
+        )
+    return True
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C the launcher (it stops its SuperLink on KeyboardInterrupt), then kill it."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def launch(job: Job, supernodes: int, flwr_home: Path, env: dict[str, str], timeout: float) -> int:
+    """One ``flwr run`` through the launcher; its output goes to the log, progress to stdout."""
+    cmd = [
+        sys.executable,
+        "-m",
+        LAUNCHER,
+        "--supernodes",
+        str(supernodes),
+        "--flwr-home",
+        str(flwr_home),
+        "--run-config",
+        format_run_config(job.keys),
+    ]
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + timeout
+    with job.log.open("a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                found = re.search(r"flora: (round \d+/\d+.*)", line)
+                if found:
+                    print(f"  {job.config.name} s{job.seed}: {found.group(1)}", flush=True)
+                if time.time() > deadline:
+                    print(f"  {job.config.name}: over {timeout:.0f} s, stopping", flush=True)
+                    _stop(proc)
+                    break
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.wait()  # the launcher got the same Ctrl-C and is cleaning up
+            raise
+
+
+def run_job(
+    job: Job, supernodes: int, flwr_home: Path, env: dict[str, str], timeout: float
+) -> float:
+    """Run (or skip, when already complete) one job; retry once after a lost heartbeat."""
+    if _finished(job):
+        print(f"{job.run_dir.name}: already complete, skipped", flush=True)
+        return 0.0
+    started = time.time()
+    for attempt in (1, 2):
+        if job.run_dir.exists():  # a partial folder of an interrupted or failed attempt
+            shutil.rmtree(job.run_dir)
+        code = launch(job, supernodes, flwr_home, env, timeout)
+        if code == 0 and (job.run_dir / "summary.json").exists():
+            return time.time() - started
+        retry = attempt == 1 and HEARTBEAT_FAILURE in job.log.read_text()
+        print(f"{job.run_dir.name}: failed (exit {code}); log {job.log}", flush=True)
+        if not retry:
+            break
+        print(f"{job.run_dir.name}: lost heartbeat (CPU contention?), retrying once", flush=True)
+    raise SystemExit(f"run {job.run_dir.name} failed; see {job.log}")
+
+
+MEMORY_KEYS = (
+    "dataset",
+    "dataset-source",
+    "model",
+    "model-width",
+    "lora-r",
+    "lora-alpha",
+    "lora-train-norm",
+    "lora-train-head",
+    "batch-size",
+    "partitioner",
+    "dirichlet-alpha",
+    "val-fraction",
+)
+
+
+def memory_key(config: dict[str, Any]) -> str:
+    """Configurations whose local training is identical share one probe: same model, rank,
+    data and batch size (codecs run outside local training)."""
+    lora = config["strategy"] != "fedavg"
+    relevant = {k: config.get(k) for k in MEMORY_KEYS if lora or not k.startswith("lora-")}
+    digest = hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:8]
+    kind = f"lora-r{config['lora-r']}" if lora else "full"
+    return f"{config['model']}-w{config['model-width']}-{kind}-{digest}"
+
+
+def probe_memory(config: dict[str, Any], supernodes: int, out: Path, env: dict[str, str]) -> dict:
+    """The memory probe for this run's model, in a fresh process (cached in ``out/memory``)."""
+    path = out / "memory" / f"{memory_key(config)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    keys = {k: v for k, v in config.items() if k in app_defaults()}
+    keys["seed"] = 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "flora_tools.memory_probe",
+        "--run-config",
+        json.dumps(keys),
+        "--num-partitions",
+        str(supernodes),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"memory probe failed for {path.stem}:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"memory {path.stem}: +{result['rss_delta_mb']:.1f} MB RSS "
+        f"({result['trainable_parameters']:,} trainable parameters)",
+        flush=True,
+    )
+    return result
+
+
+def machine() -> str:
+    """CPU model and count, and whether torch sees CUDA."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
+    return f"{os.cpu_count()} x {model}, {gpu}, torch {torch.__version__}"
+
+
+def federation(config: dict[str, Any], supernodes: int) -> str:
+    """The shared setting of a run, from its resolved ``config.json``."""
+    part = config["partitioner"]
+    if part == "dirichlet":
+        part = f"Dirichlet({config['dirichlet-alpha']:g})"
+    per_round = max(1, round(config["fraction-train"] * supernodes))
+    return (
+        f"{config['dataset']}, {config['model']} width {config['model-width']}, "
+        f"{supernodes} SuperNodes, {per_round} per round, {part} partitions, "
+        f"{config['num-server-rounds']} rounds of {config['local-epochs']} local epochs "
+        f"(batch {config['batch-size']}, SGD lr {config['lr']:g}), "
+        f"fraction-evaluate {config['fraction-evaluate']:g}"
+    )
+
+
+def build_report(out: Path, target: float | None = None) -> Path:
+    """Read ``bench.json`` and the run folders back; write the report and plots."""
+    meta = json.loads((out / "bench.json").read_text())
+    target = meta["target_accuracy"] if target is None else target
+    groups = []
+    for entry in meta["configs"]:
+        runs = [Run.load(out / "runs" / name) for name in entry["runs"]]
+        memory_file = out / "memory" / f"{memory_key(runs[0].config)}.json"
+        memory = json.loads(memory_file.read_text()) if memory_file.exists() else None
+        groups.append(Group(entry["name"], runs, memory))
+    walls = meta.get("run_seconds", {})
+    header = "\n".join(
+        [
+            f"# flora benchmark: {meta['preset']}",
+            "",
+            f"- command: `{meta['command']}`",
+            f"- federation: {federation(groups[0].runs[0].config, meta['supernodes'])}; "
+            f"seeds 0..{meta['seeds'] - 1}",
+            f"- machine: {meta['machine']}",
+            f"- started {meta['started']}; sweep wall time {sum(walls.values()) / 60:.1f} min "
+            f"({len(walls)} runs, each with its flwr run start-up)",
+        ]
+    )
+    return write_report(out, groups, target, header)
+
+
+def _command(args: list[str]) -> str:
+    """The command line as one would type it (run-config values keep their single quotes)."""
+
+    def quote(arg: str) -> str:
+        if re.fullmatch(r"[\w@%+=:,./-]+", arg):
+            return arg
+        if not re.search(r'["$`\\]', arg):
+            return f'"{arg}"'
+        return shlex.quote(arg)
+
+    return " ".join(["python", "-m", "flora_tools.bench", *(quote(a) for a in args)])
+
+
+def select(names: str) -> list[SweepConfig]:
+    if not names:
+        return list(SWEEP)
+    known = {c.name: c for c in SWEEP}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown --configs {unknown}; known: {', '.join(known)}")
+    return [known[n] for n in wanted]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-digits")
+    parser.add_argument("--configs", default="", help="comma-separated names (see --list)")
+    parser.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1")
+    parser.add_argument("--rounds", type=int, help="num-server-rounds (default: the preset's)")
+    parser.add_argument("--local-epochs", type=int, help="default: the preset's")
+    parser.add_argument("--supernodes", type=int, help="default: the preset's")
+    parser.add_argument("--set", default="", help='extra run-config for every run, "k=v ..."')
+    parser.add_argument("--target", type=float, help="accuracy for 'MB to target'")
+    parser.add_argument("--out", type=Path, help="default: outputs/bench-<preset>-<time>")
+    parser.add_argument("--run-timeout", type=float, default=4 * 3600.0, help="s per run")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report of --out")
+    parser.add_argument("--list", action="store_true", help="print the sweep and exit")
+    args = parser.parse_args(argv)
+
+    if args.list:
+        for config in SWEEP:
+            print(f"{config.name:18} {format_run_config(config.keys)}")
+        return 0
+    if args.report_only:
+        if args.out is None:
+            raise SystemExit("--report-only needs --out")
+        print(build_report(args.out, args.target))
+        return 0
+
+    preset = PRESETS[args.preset]
+    configs = select(args.configs)
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    overrides = parse_run_config(args.set)
+    if args.rounds is not None:
+        overrides["num-server-rounds"] = args.rounds
+    if args.local_epochs is not None:
+        overrides["local-epochs"] = args.local_epochs
+    supernodes = args.supernodes or preset.supernodes
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    out = (args.out or ROOT / "outputs" / f"bench-{preset.name}-{stamp}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **preset.env,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+    jobs = plan(preset, configs, args.seeds, overrides, out)
+    meta_path = out / "bench.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update(
+        {
+            "preset": preset.name,
+            "summary": preset.summary,
+            "supernodes": supernodes,
+            "seeds": args.seeds,
+            "target_accuracy": args.target or preset.target_accuracy,
+            "command": _command(argv or sys.argv[1:]),
+            "machine": machine(),
+            "started": meta.get("started", stamp),
+            "configs": [
+                {"name": c.name, "runs": [j.run_dir.name for j in jobs if j.config is c]}
+                for c in configs
+            ],
+        }
+    )
+    meta.setdefault("run_seconds", {})
+    print(f"bench: {len(jobs)} runs into {out}", flush=True)
+    started = time.time()
+    for i, job in enumerate(jobs):
+        print(f"[{i + 1}/{len(jobs)}] {job.run_dir.name}", flush=True)
+        seconds = run_job(job, supernodes, out / ".flwr-home", env, args.run_timeout)
+        if seconds:
+            meta["run_seconds"][job.run_dir.name] = seconds
+            meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+            elapsed = time.time() - started
+            left = elapsed / (i + 1) * (len(jobs) - i - 1)
+            print(f"  {seconds:.0f} s; sweep {elapsed / 60:.1f} min, ~{left / 60:.1f} left")
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    if not args.no_memory:
+        for job in jobs:
+            if job.seed == 0:
+                config = json.loads((job.run_dir / "config.json").read_text())
+                probe_memory(config, supernodes, out, env)
+    report = build_report(out)
+    print(f"bench: report {report}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""What combines the decoded replies: Flower's own aggregators, and FLASC's server optimizers.
+
+Every class here is Flower's: ``FedAvg`` / ``FedMedian`` / ``FedTrimmedAvg`` combine replies
+coordinate-wise, and ``FedAdam`` / ``FedAvgM`` take a server step from the combined replies.
+Flower's optimizers get their combined replies from ``super().aggregate_train``, so an optimizer
+over a robust combiner is the two classes in one MRO (Adam over the median of the updates). The
+combinations are declared below, once, so a reader sees exactly which class runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedTrimmedAvg,
+    Strategy,
+)
+
+from strategies.over_selection import OverSelection
+from strategies.schedules import schedule_factor
+
+# The ``aggregation`` choices: coordinate-wise combiners of the decoded replies.
+COMBINERS: dict[str, type[FedAvg]] = {
+    "mean": FedAvg,
+    "median": FedMedian,
+    "trimmed-mean": FedTrimmedAvg,
+}
+SERVER_OPTIMIZERS = ("adam", "sgd")
+
+
+class _ScheduledLr:
+    """Mixin scaling a Flower optimizer's learning-rate attribute by a per-round factor.
+
+    Flower's FedAdam / FedAvgM read their rate from an attribute at aggregation time, so
+    setting it just before lets them keep their own update rule (and Adam's moments).
+    """
+
+    lr_attribute = ""
+
+    def set_lr_schedule(self, schedule: str) -> None:
+        self._base_lr = float(getattr(self, self.lr_attribute))
+        self._lr_factor: Callable[[int], float] = schedule_factor(schedule)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        setattr(self, self.lr_attribute, self._base_lr * self._lr_factor(server_round))
+        self._lr_changed()
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+
+    def _lr_changed(self) -> None:
+        """Hook for optimizers that cache a decision taken from the rate."""
+
+
+class ScheduledFedAdam(_ScheduledLr, FedAdam):
+    """Flower's FedAdam with ``eta`` following a schedule."""
+
+    lr_attribute = "eta"
+
+
+class ScheduledFedAvgM(_ScheduledLr, FedAvgM):
+    """Flower's FedAvgM with ``server_learning_rate`` following a schedule."""
+
+    lr_attribute = "server_learning_rate"
+
+    def _lr_changed(self) -> None:
+        # FedAvgM decides once, at construction, whether to apply its rate at all (lr 1 and no
+        # momentum is plain FedAvg, bit for bit); a scheduled rate must re-take that decision.
+        self.server_opt = self.server_momentum != 0.0 or self.server_learning_rate != 1.0
+
+    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        # FedAvgM only tracks the global while its rate applies; with a schedule that can
+        # start applying mid-run, so always start the round from the global it is sent.
+        self.current_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+class _TrimmedBeta:
+    """``beta`` for FedTrimmedAvg when it sits below an optimizer in the MRO: the optimizer's
+    ``__init__`` does not forward it, so it is set afterwards, checked as Flower checks it."""
+
+    def __init__(self, *, beta: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= beta < 0.5:
+            raise ValueError("`beta` must be in the range [0, 0.5).")
+        self.beta = beta
+
+
+class FedAdamMedian(ScheduledFedAdam, FedMedian):
+    """Adam over the coordinate-wise median of the replies."""
+
+
+class FedAdamTrimmedAvg(_TrimmedBeta, ScheduledFedAdam, FedTrimmedAvg):
+    """Adam over the coordinate-wise trimmed mean of the replies."""
+
+
+class FedAvgMMedian(ScheduledFedAvgM, FedMedian):
+    """Server SGD over the coordinate-wise median of the replies."""
+
+
+class FedAvgMTrimmedAvg(_TrimmedBeta, ScheduledFedAvgM, FedTrimmedAvg):
+    """Server SGD over the coordinate-wise trimmed mean of the replies."""
+
+
+_OPTIMIZER_CLASSES: dict[tuple[str, str], type[FedAvg]] = {
+    ("adam", "mean"): ScheduledFedAdam,
+    ("adam", "median"): FedAdamMedian,
+    ("adam", "trimmed-mean"): FedAdamTrimmedAvg,
+    ("sgd", "mean"): ScheduledFedAvgM,
+    ("sgd", "median"): FedAvgMMedian,
+    ("sgd", "trimmed-mean"): FedAvgMTrimmedAvg,
+}
+
+
+def _check(aggregation: str) -> None:
+    if aggregation not in COMBINERS:
+        raise ValueError(f"aggregation {aggregation!r}: expected one of {', '.join(COMBINERS)}")
+
+
+def combiner(aggregation: str, trim_fraction: float, **sampling: Any) -> FedAvg:
+    """Flower's FedAvg, FedMedian or FedTrimmedAvg (cutting ``trim_fraction`` per tail)."""
+    _check(aggregation)
+    cls = COMBINERS[aggregation]
+    if cls is FedTrimmedAvg:
+        return FedTrimmedAvg(beta=trim_fraction, **sampling)
+    return cls(**sampling)
+
+
+def server_optimizer(
+    name: str,
+    *,
+    lr: float,
+    lr_schedule: str = "constant",
+    eps: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    aggregation: str = "mean",
+    trim_fraction: float = 0.2,
+    **sampling: Any,
+) -> FedAvg:
+    """Flower's FedAdam (``adam``) or FedAvgM without momentum (``sgd``) over ``aggregation``.
+
+    Adam's epsilon defaults to Flower's own ``tau`` (1e-3, after Reddi et al.), not PyTorch's
+    1e-8: the mean sparse update is mostly far below it, so small coordinates step in
+    proportion to their update and only large ones are normalised (docs/results.md, FLASC).
+    ``eta_l`` is Flower's client-rate bookkeeping, unused by its update; set to ``lr``.
+    sgd with lr 1 is FedAvg of the updates, bit for bit.
+    """
+    _check(aggregation)
+    if name not in SERVER_OPTIMIZERS:
+        raise ValueError(
+            f"server optimizer {name!r}: expected one of {', '.join(SERVER_OPTIMIZERS)}"
+        )
+    cls = _OPTIMIZER_CLASSES[(name, aggregation)]
+    extra: dict[str, Any] = {"beta": trim_fraction} if aggregation == "trimmed-mean" else {}
+    if name == "adam":
+        strategy = cls(eta=lr, eta_l=lr, beta_1=beta1, beta_2=beta2, tau=eps, **extra, **sampling)
+    else:
+        strategy = cls(server_learning_rate=lr, server_momentum=0.0, **extra, **sampling)
+    strategy.set_lr_schedule(lr_schedule)  # type: ignore[attr-defined]
+    return strategy
+
+
+def sampled_aggregator(
+    strategy: Strategy | None,
+    *,
+    aggregation: str,
+    trim_fraction: float,
+    over_selection: float,
+    **sampling: Any,
+) -> OverSelection:
+    """The strategy beneath a compression wrapper: ``strategy`` if given (any Flower strategy),
+    else ``combiner(aggregation, ...)`` built from the sampling arguments; over-selecting."""
+    if strategy is None:
+        strategy = combiner(aggregation, trim_fraction, **sampling)
+    elif aggregation != "mean":
+        raise ValueError(
+            f"aggregation = {aggregation!r} with strategy = {type(strategy).__name__}: "
+            "give one of them; the given strategy already aggregates"
+        )
+    return OverSelection(strategy, over_selection)

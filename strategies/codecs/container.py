@@ -1,0 +1,542 @@
+"""Wire codecs: a named collection of tensors to one compact, self-describing blob and back.
+
+This layer knows nothing of Flower or of models: ``{name: ndarray}`` in, ``bytes`` out. Every
+codec writes the same container, so any receiver decodes any message without out-of-band
+knowledge:
+
+    b"FLC1" | uint32 LE header length | zlib(JSON header) | body
+
+The header lists, per tensor, ``[name, shape, kind, *params]``; the body holds the tensors in
+that order. Kinds: ``f32`` / ``f16`` (raw little-endian), ``q`` (affine: with fp16 metadata an
+fp32 unit first, then per-row scale and offset in the metadata dtype, then the codes
+bit-packed). Lengths follow from the header, so
+the decoder checks the exact body length *before* allocating anything.
+
+``s`` (sparse: k kept entries, their indices as a bitmap or gap-coded varints, then their
+values as ``f32``, ``f16`` or per-tensor affine ``q``).
+
+Codec names (the ``spec`` a message header carries): ``fp32``, ``fp16``,
+``affine:bits=<1..8>:gran=<channel|tensor>:meta=<fp16|fp32>``,
+``topk:density=<(0,1]>:scope=<global|tensor>:values=<32|16|1..8>``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from strategies.codecs.bitpack import pack_bits, packed_size, unpack_bits
+from strategies.codecs.names import (
+    AFFINE_BITS,
+    GRANULARITIES,
+    METAS,
+    SPARSITY_SCOPES,
+    VALUE_BITS,
+    codec_spec,
+    sparse_spec,
+)
+from strategies.codecs.quantize import META_DTYPES, channels_of, dequantize, quantize
+from strategies.codecs.sparse import (
+    SparseIndexError,
+    decode_indices,
+    encode_indices,
+    keep_count,
+    top_k,
+)
+
+MAGIC = b"FLC1"
+MAX_HEADER_BYTES = 1 << 20  # decompressed; a ResNet-18 header is a few KB
+# Compressed header room when bounding a whole message: our entries compress to ~30 bytes.
+HEADER_ALLOWANCE_BASE = 256
+HEADER_ALLOWANCE_PER_TENSOR = 256
+MAX_TENSORS = 4096
+MAX_DIMS = 8
+_META_NAMES = dict(zip(METAS, ("f16", "f32"), strict=True))
+
+
+class CodecError(ValueError):
+    """A payload cannot be encoded or decoded: unknown codec, wrong length, bad values."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor's header line."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str  # "f32" | "f16" | "q" | "s"
+    bits: int = 0
+    per_channel: bool = False
+    meta: str = "f32"
+    k: int = 0  # sparse: kept entries
+    index: str = ""  # sparse: "b" bitmap | "g" gaps
+    index_bytes: int = 0
+    values: str = ""  # sparse: "f32" | "f16" | "q"
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    def body_size(self) -> int:
+        """Bytes this tensor occupies in the body."""
+        if self.kind == "s":
+            return self.index_bytes + _values_size(self.values, self.k, 1, self.bits, self.meta)
+        channels = channels_of(self.shape, self.per_channel)
+        return _values_size(self.kind, self.numel, channels, self.bits, self.meta)
+
+    def to_json(self) -> list:
+        line: list = [self.name, list(self.shape), self.kind]
+        if self.kind == "q":
+            line += [self.bits, "c" if self.per_channel else "t", self.meta]
+        if self.kind == "s":
+            line += [self.k, self.index, self.index_bytes, self.values, self.bits, self.meta]
+        return line
+
+
+def _values_size(kind: str, n: int, channels: int, bits: int, meta: str) -> int:
+    """Body bytes of n values stored as f32, f16 or affine q (``channels`` scale rows)."""
+    if kind == "f32":
+        return 4 * n
+    if kind == "f16":
+        return 2 * n
+    if n == 0:
+        return 0
+    meta_size = np.dtype(META_DTYPES[meta]).itemsize
+    unit = 4 if meta == "f16" else 0
+    return unit + 2 * channels * meta_size + packed_size(n, bits)
+
+
+def _affine_body(
+    name: str, x: np.ndarray, bits: int, per_channel: bool, meta: str
+) -> tuple[str, bytes]:
+    """(metadata dtype used, body) of an affine-quantized tensor; fp16 falls back to fp32."""
+    try:
+        q, scale, offset, unit = quantize(x, bits, per_channel, meta)
+    except OverflowError:
+        try:
+            meta = "f32"
+            q, scale, offset, unit = quantize(x, bits, per_channel, meta)
+        except OverflowError:
+            raise CodecError(f"tensor {name!r}: value range too large to quantize") from None
+    le = np.dtype(META_DTYPES[meta]).newbyteorder("<")
+    head = struct.pack("<f", unit) if meta == "f16" else b""
+    body = head + scale.astype(le).tobytes() + offset.astype(le).tobytes()
+    return meta, body + pack_bits(q, bits)
+
+
+def _affine_values(
+    name: str, chunk: memoryview, shape: tuple[int, ...], channels: int, bits: int, meta: str
+) -> np.ndarray:
+    """Inverse of ``_affine_body``, validating the metadata."""
+    n = prod(shape)
+    if n == 0:
+        return np.zeros(shape, np.float32)
+    dtype = np.dtype(META_DTYPES[meta]).newbyteorder("<")
+    unit = 1.0
+    if meta == "f16":
+        (unit,) = struct.unpack("<f", chunk[:4])
+        chunk = chunk[4:]
+        if not (np.isfinite(unit) and unit > 0):
+            raise CodecError(f"tensor {name!r}: non-finite or non-positive metadata unit")
+    m = channels * dtype.itemsize
+    scale = np.frombuffer(chunk[:m], dtype=dtype)
+    offset = np.frombuffer(chunk[m : 2 * m], dtype=dtype)
+    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(offset)) and np.all(scale >= 0)):
+        raise CodecError(f"tensor {name!r}: non-finite or negative scale/offset")
+    q = unpack_bits(chunk[2 * m :], bits, n).reshape(channels, -1)
+    return dequantize(q, scale, offset, shape, unit)
+
+
+class Codec(ABC):
+    """Encodes tensors into the shared container; decoding is ``decode_blob``, for all codecs."""
+
+    @property
+    @abstractmethod
+    def spec(self) -> str:
+        """The name a message header carries for this codec."""
+
+    @abstractmethod
+    def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
+        """Header entry and body bytes of one tensor (``plan``: see ``_plan``)."""
+
+    @abstractmethod
+    def accepts(self, entry: Entry) -> bool:
+        """Whether a received entry is one this codec could have produced."""
+
+    def accepts_message(self, entries: list[Entry]) -> bool:
+        """Whether the entries together are a message this codec could have produced."""
+        return True
+
+    @abstractmethod
+    def max_body_bytes(self, shape: tuple[int, ...]) -> int:
+        """The most body bytes this codec writes for one tensor of ``shape``."""
+
+    def max_message_bytes(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """An upper bound on the blob this codec produces for tensors of these shapes.
+
+        A receiver checks a payload against it before parsing anything, so a reply can never
+        make the server read or allocate more than the model's own message could need.
+        """
+        header = HEADER_ALLOWANCE_BASE + HEADER_ALLOWANCE_PER_TENSOR * len(shapes)
+        return len(MAGIC) + 4 + header + sum(self.max_body_bytes(s) for s in shapes.values())
+
+    def _plan(self, tensors: Mapping[str, np.ndarray]) -> object:
+        """Decisions that need the whole message (e.g. a global top-k); None by default."""
+        return None
+
+    def encode(self, tensors: Mapping[str, np.ndarray]) -> bytes:
+        """The blob for these tensors, in their order."""
+        for name, value in tensors.items():
+            if np.asarray(value).size and not np.all(np.isfinite(value)):
+                raise CodecError(f"tensor {name!r} contains NaN or Inf")
+        plan = self._plan(tensors)
+        entries, bodies = [], []
+        for name, value in tensors.items():
+            entry, body = self._encode_tensor(name, np.asarray(value), plan)
+            entries.append(entry)
+            bodies.append(body)
+        header = zlib.compress(
+            json.dumps({"t": [e.to_json() for e in entries]}, separators=(",", ":")).encode(), 9
+        )
+        return b"".join([MAGIC, struct.pack("<I", len(header)), header, *bodies])
+
+
+class FloatCodec(Codec):
+    """Dense fp32 or fp16: fp32 is the lossless baseline, fp16 halves it."""
+
+    def __init__(self, dtype: str = "f32") -> None:
+        if dtype not in ("f32", "f16"):
+            raise CodecError(f"float codec dtype {dtype!r}: expected f32 or f16")
+        self.dtype = dtype
+
+    @property
+    def spec(self) -> str:
+        return "fp32" if self.dtype == "f32" else "fp16"
+
+    def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
+        np_dtype = np.dtype("<f4") if self.dtype == "f32" else np.dtype("<f2")
+        with np.errstate(over="ignore"):
+            data = x.astype(np_dtype)
+        if data.size and not np.all(np.isfinite(data)):
+            raise CodecError(f"tensor {name!r} overflows {self.spec}")
+        return Entry(name, tuple(int(d) for d in x.shape), self.dtype), data.tobytes()
+
+    def accepts(self, entry: Entry) -> bool:
+        return entry.kind == self.dtype
+
+    def max_body_bytes(self, shape: tuple[int, ...]) -> int:
+        return _values_size(self.dtype, prod(shape), 1, 0, "f32")
+
+
+class AffineCodec(Codec):
+    """FLoCoRA's affine b-bit quantization; 1-D tensors (norms, biases) stay fp32 by default."""
+
+    def __init__(
+        self, bits: int, per_channel: bool = True, meta: str = "fp16", keep_1d: bool = True
+    ) -> None:
+        if bits not in AFFINE_BITS:
+            raise CodecError(f"affine codec bits = {bits}: expected 1..8")
+        if meta not in METAS:
+            raise CodecError(f"affine codec meta = {meta!r}: expected fp16 or fp32")
+        self.bits, self.per_channel, self.meta, self.keep_1d = bits, per_channel, meta, keep_1d
+
+    @property
+    def spec(self) -> str:
+        return codec_spec(self.bits, "channel" if self.per_channel else "tensor", self.meta)
+
+    def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
+        shape = tuple(int(d) for d in x.shape)
+        if x.size == 0 or (self.keep_1d and x.ndim <= 1):
+            return Entry(name, shape, "f32"), x.astype("<f4").tobytes()
+        meta, body = _affine_body(name, x, self.bits, self.per_channel, _META_NAMES[self.meta])
+        return Entry(name, shape, "q", self.bits, self.per_channel, meta), body
+
+    def accepts(self, entry: Entry) -> bool:
+        if entry.kind == "f32":
+            return entry.numel == 0 or (self.keep_1d and len(entry.shape) <= 1)
+        return (
+            entry.kind == "q"
+            and entry.bits == self.bits
+            and entry.per_channel == self.per_channel
+            and entry.meta in ("f32", _META_NAMES[self.meta])
+        )
+
+    def max_body_bytes(self, shape: tuple[int, ...]) -> int:
+        n = prod(shape)
+        if n == 0 or (self.keep_1d and len(shape) <= 1):
+            return 4 * n
+        channels = channels_of(shape, self.per_channel)
+        return _values_size("q", n, channels, self.bits, "f32")  # f32 metadata is the larger
+
+
+class SparseCodec(Codec):
+    """FLASC's top-k by magnitude at ``density``: one global k over the whole message, or per
+    tensor; exactly k entries survive, the rest decode to zero. Kept values travel as fp32,
+    fp16 or per-tensor affine ``value_bits``; indices as a bitmap or gaps, whichever is smaller
+    for each tensor (recorded per tensor in the header)."""
+
+    def __init__(self, density: float, per_tensor: bool = False, value_bits: int = 32) -> None:
+        if not 0.0 < density <= 1.0:
+            raise CodecError(f"top-k density = {density!r}: expected a number in (0, 1]")
+        if value_bits not in VALUE_BITS:
+            raise CodecError(f"top-k values = {value_bits!r}: expected 32, 16 or 1..8")
+        self.density, self.per_tensor, self.value_bits = density, per_tensor, value_bits
+
+    @property
+    def spec(self) -> str:
+        return sparse_spec(self.density, "tensor" if self.per_tensor else "global", self.value_bits)
+
+    def _values_kind(self) -> str:
+        return {32: "f32", 16: "f16"}.get(self.value_bits, "q")
+
+    def _plan(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = list(tensors)
+        if self.per_tensor:
+            return {
+                n: top_k(tensors[n], keep_count(np.asarray(tensors[n]).size, self.density))
+                for n in names
+            }
+        sizes = [np.asarray(tensors[n]).size for n in names]
+        flat = np.concatenate(
+            [np.asarray(tensors[n], np.float32).reshape(-1) for n in names]
+            or [np.zeros(0, np.float32)]
+        )
+        chosen = top_k(flat, keep_count(flat.size, self.density))
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        cut = np.searchsorted(chosen, bounds)
+        return {n: chosen[cut[i] : cut[i + 1]] - bounds[i] for i, n in enumerate(names)}
+
+    def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
+        shape = tuple(int(d) for d in x.shape)
+        indices = plan[name]  # type: ignore[index]
+        index_kind, index_body = encode_indices(indices, x.size)
+        kept = x.reshape(-1)[indices].astype(np.float32)
+        kind, meta = self._values_kind(), "f32"
+        if kind == "f32":
+            body = kept.astype("<f4").tobytes()
+        elif kind == "f16":
+            with np.errstate(over="ignore"):
+                half = kept.astype("<f2")
+            if not np.all(np.isfinite(half)):
+                raise CodecError(f"tensor {name!r} overflows fp16 values")
+            body = half.tobytes()
+        elif kept.size:
+            meta, body = _affine_body(name, kept, self.value_bits, False, "f16")
+        else:
+            body = b""
+        entry = Entry(
+            name,
+            shape,
+            "s",
+            self.value_bits if kind == "q" else 0,
+            False,
+            meta,
+            k=int(indices.size),
+            index=index_kind,
+            index_bytes=len(index_body),
+            values=kind,
+        )
+        return entry, index_body + body
+
+    def accepts(self, entry: Entry) -> bool:
+        if entry.kind != "s" or entry.values != self._values_kind() or entry.k > entry.numel:
+            return False
+        if entry.values == "q" and entry.bits != self.value_bits:
+            return False
+        return not self.per_tensor or entry.k == keep_count(entry.numel, self.density)
+
+    def accepts_message(self, entries: list[Entry]) -> bool:
+        if self.per_tensor:
+            return True
+        return sum(e.k for e in entries) == keep_count(sum(e.numel for e in entries), self.density)
+
+    def max_body_bytes(self, shape: tuple[int, ...]) -> int:
+        # A global top-k may keep a whole tensor; indices never exceed the bitmap (the encoder
+        # uses gaps only when they are smaller).
+        n = prod(shape)
+        return -(-n // 8) + _values_size(self._values_kind(), n, 1, self.value_bits, "f32")
+
+
+def get_codec(spec: str) -> Codec:
+    """The codec a message names; unknown or malformed names are refused, never guessed."""
+    if spec == "fp32":
+        return FloatCodec("f32")
+    if spec == "fp16":
+        return FloatCodec("f16")
+    if spec.startswith("affine:"):
+        try:
+            params = dict(part.split("=", 1) for part in spec.split(":")[1:])
+            bits = int(params.pop("bits"))
+            gran = params.pop("gran")
+            meta = params.pop("meta")
+        except (KeyError, ValueError):
+            raise CodecError(f"malformed codec {spec!r}") from None
+        if params or gran not in GRANULARITIES:
+            raise CodecError(f"malformed codec {spec!r}")
+        return AffineCodec(bits, per_channel=gran == "channel", meta=meta)
+    if spec.startswith("topk:"):
+        try:
+            params = dict(part.split("=", 1) for part in spec.split(":")[1:])
+            density = float(params.pop("density"))
+            scope = params.pop("scope")
+            values = int(params.pop("values"))
+        except (KeyError, ValueError):
+            raise CodecError(f"malformed codec {spec!r}") from None
+        if params or scope not in SPARSITY_SCOPES:
+            raise CodecError(f"malformed codec {spec!r}")
+        return SparseCodec(density, per_tensor=scope == "tensor", value_bits=values)
+    raise CodecError(
+        f"unknown codec {spec!r}: expected fp32, fp16, affine:bits=B:gran=G:meta=M or "
+        "topk:density=D:scope=S:values=V"
+    )
+
+
+def _parse_entry(line: object) -> Entry:
+    if not isinstance(line, list) or len(line) not in (3, 6, 9):
+        raise CodecError("malformed tensor entry in header")
+    name, shape, kind = line[0], line[1], line[2]
+    if not isinstance(name, str) or not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        raise CodecError("malformed tensor name or shape in header")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape):
+        raise CodecError(f"tensor {name!r}: shape {shape} is not a list of sizes")
+    if kind in ("f32", "f16") and len(line) == 3:
+        return Entry(name, tuple(shape), kind)
+    if kind == "q" and len(line) == 6:
+        bits, gran, meta = line[3], line[4], line[5]
+        if not (isinstance(bits, int) and 1 <= bits <= 8) or gran not in ("c", "t"):
+            raise CodecError(f"tensor {name!r}: bad quantization parameters")
+        if meta not in META_DTYPES:
+            raise CodecError(f"tensor {name!r}: unknown metadata dtype {meta!r}")
+        return Entry(name, tuple(shape), "q", bits, gran == "c", meta)
+    if kind == "s" and len(line) == 9:
+        k, index, index_bytes, values, bits, meta = line[3:]
+        n = prod(shape)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (k, index_bytes, bits))
+        if (
+            not ints
+            or not 0 <= k <= n
+            or index not in ("b", "g")
+            or values not in ("f32", "f16", "q")
+        ):
+            raise CodecError(f"tensor {name!r}: bad sparse parameters")
+        bitmap = (n + 7) // 8
+        if (index == "b" and index_bytes != bitmap) or (
+            index == "g" and not k <= index_bytes <= min(bitmap, 10 * k)
+        ):
+            raise CodecError(f"tensor {name!r}: index section of {index_bytes} bytes is impossible")
+        if (values == "q" and not 1 <= bits <= 8) or meta not in META_DTYPES:
+            raise CodecError(f"tensor {name!r}: bad sparse value parameters")
+        return Entry(
+            name,
+            tuple(shape),
+            "s",
+            bits,
+            False,
+            meta,
+            k=k,
+            index=index,
+            index_bytes=index_bytes,
+            values=values,
+        )
+    raise CodecError(f"tensor {name!r}: unknown kind {kind!r}")
+
+
+def read_header(blob: bytes) -> tuple[list[Entry], int]:
+    """Entries and the body's start offset; validates magic, lengths and every entry."""
+    if len(blob) < 8 or blob[:4] != MAGIC:
+        raise CodecError("payload is not a flora container (bad magic)")
+    (header_len,) = struct.unpack("<I", blob[4:8])
+    if header_len > len(blob) - 8:
+        raise CodecError(f"header length {header_len} exceeds the payload")
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(blob[8 : 8 + header_len], MAX_HEADER_BYTES)
+    except zlib.error as exc:
+        raise CodecError(f"corrupt header: {exc}") from None
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise CodecError("header is truncated or larger than allowed")
+    try:
+        lines = json.loads(raw)["t"]
+    except (ValueError, KeyError, TypeError):
+        raise CodecError("header is not valid JSON with a tensor list") from None
+    if not isinstance(lines, list) or len(lines) > MAX_TENSORS:
+        raise CodecError("header tensor list is malformed or too long")
+    entries = [_parse_entry(line) for line in lines]
+    if len({e.name for e in entries}) != len(entries):
+        raise CodecError("duplicate tensor names in header")
+    return entries, 8 + header_len
+
+
+def decode_blob(
+    blob: bytes,
+    expected: Mapping[str, tuple[int, ...]] | None = None,
+    accept: Codec | None = None,
+) -> OrderedDict[str, np.ndarray]:
+    """Decode a container into float32 tensors, refusing anything malformed.
+
+    ``expected``: names and shapes the receiver's model has; any difference is an error.
+    ``accept``: the codec the receiver asked for; entries it could not produce are refused.
+    """
+    blob = bytes(blob)
+    entries, start = read_header(blob)
+    if expected is not None:
+        got = {e.name: e.shape for e in entries}
+        if set(got) != set(expected):
+            missing = sorted(set(expected) - set(got))[:2]
+            extra = sorted(set(got) - set(expected))[:2]
+            raise CodecError(
+                f"tensor names differ from the model: missing {missing}, extra {extra}"
+            )
+        for name, shape in got.items():
+            if tuple(expected[name]) != shape:
+                raise CodecError(
+                    f"tensor {name!r} has shape {shape}, model expects {tuple(expected[name])}"
+                )
+    if accept is not None:
+        for e in entries:
+            if not accept.accepts(e):
+                raise CodecError(
+                    f"tensor {e.name!r} is encoded as {e.to_json()[2:]}, not as {accept.spec} would"
+                )
+        if not accept.accepts_message(entries):
+            raise CodecError(f"message is not one {accept.spec} produces (kept-entry count)")
+    need = sum(e.body_size() for e in entries)
+    if need != len(blob) - start:
+        raise CodecError(f"body is {len(blob) - start} bytes, header describes {need}")
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    view = memoryview(blob)
+    pos = start
+    for e in entries:
+        size = e.body_size()
+        chunk = view[pos : pos + size]
+        pos += size
+        out[e.name] = _decode_entry(e, chunk)
+    return out
+
+
+def _decode_entry(e: Entry, chunk: memoryview) -> np.ndarray:
+    if e.kind == "f32":
+        return np.frombuffer(chunk, dtype="<f4").astype(np.float32).reshape(e.shape)
+    if e.kind == "f16":
+        return np.frombuffer(chunk, dtype="<f2").astype(np.float32).reshape(e.shape)
+    if e.kind == "q":
+        channels = channels_of(e.shape, e.per_channel)
+        return _affine_values(e.name, chunk, e.shape, channels, e.bits, e.meta)
+    try:
+        indices = decode_indices(e.index, chunk[: e.index_bytes], e.numel, e.k)
+    except SparseIndexError as exc:
+        raise CodecError(f"tensor {e.name!r}: {exc}") from None
+    kept = _decode_entry(
+        Entry(e.name, (e.k,), e.values, e.bits, False, e.meta), chunk[e.index_bytes :]
+    )
+    dense = np.zeros(e.numel, dtype=np.float32)
+    dense[indices] = kept
+    return dense.reshape(e.shape)

@@ -1,0 +1,31 @@
+"""Codec names and the values their parameters may take: the one home of those facts.
+
+The run-config check, the strategies that build codec names and the decoder that parses them
+all read these tuples, so a value is allowed everywhere or nowhere.
+"""
+
+from __future__ import annotations
+
+AFFINE_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+FLOAT_BITS = (16, 32)
+# A value width: affine 1..8 bits, or a float codec (16 -> fp16, 32 -> fp32).
+VALUE_BITS = (*AFFINE_BITS, *FLOAT_BITS)
+GRANULARITIES = ("channel", "tensor")
+# Dtype of the affine scale and offset on the wire.
+METAS = ("fp16", "fp32")
+# Top-k over all tensors flattened together (FLASC) or per tensor.
+SPARSITY_SCOPES = ("global", "tensor")
+
+
+def codec_spec(bits: int, granularity: str = "channel", meta: str = "fp16") -> str:
+    """The codec name for a value width: 32 -> fp32, 16 -> fp16, 1..8 -> affine."""
+    if bits == 32:
+        return "fp32"
+    if bits == 16:
+        return "fp16"
+    return f"affine:bits={bits}:gran={granularity}:meta={meta}"
+
+
+def sparse_spec(density: float, scope: str, value_bits: int) -> str:
+    """The top-k codec name for a density, scope and value width."""
+    return f"topk:density={density!r}:scope={scope}:values={value_bits}"

@@ -1,0 +1,67 @@
+"""FedLoRA: the dense baseline. Whatever the app exchanges (LoRA adapters, norms and head, or a
+whole model) travels as fp32 and is aggregated by any Flower strategy."""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import Strategy
+
+from strategies.aggregation import sampled_aggregator
+from strategies.compression import CompressionStrategy
+from strategies.validation import DEFAULT_MAX_NUM_EXAMPLES
+
+
+class FedLoRA(CompressionStrategy):
+    """Federated averaging of dense fp32 adapters, with every reply validated.
+
+    Parameters
+    ----------
+    fraction_train : float (default: 1.0)
+        Fraction of nodes used during training, as Flower's ``FedAvg``.
+    fraction_evaluate : float (default: 1.0)
+        Fraction of nodes used during evaluation, as Flower's ``FedAvg``.
+    min_train_nodes : int (default: 2)
+        Minimum number of nodes used during training.
+    min_evaluate_nodes : int (default: 2)
+        Minimum number of nodes used during evaluation.
+    min_available_nodes : int (default: 2)
+        Minimum number of nodes that must be connected before a round starts.
+    aggregation : str (default: "mean")
+        ``mean`` (Flower's FedAvg), ``median`` (FedMedian) or ``trimmed-mean`` (FedTrimmedAvg).
+    trim_fraction : float (default: 0.2)
+        Share of replies cut from each tail by ``trimmed-mean``, in [0, 0.5).
+    strategy : Strategy | None (default: None)
+        Any other Flower strategy to sample and aggregate instead (e.g. ``Krum``); then the
+        arguments above that build one are not used and ``aggregation`` must stay ``mean``.
+    over_selection : float (default: 0.0)
+        Share of extra nodes sampled per training round; the first ``fraction_train``'s worth
+        of valid replies in sampling order are aggregated (``strategies.over_selection``).
+    max_num_examples : int (default: 1,000,000)
+        The largest ``num-examples`` a reply may claim before it is rejected.
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        aggregation: str = "mean",
+        trim_fraction: float = 0.2,
+        strategy: Strategy | None = None,
+        over_selection: float = 0.0,
+        max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
+    ) -> None:
+        inner = sampled_aggregator(
+            strategy,
+            aggregation=aggregation,
+            trim_fraction=trim_fraction,
+            over_selection=over_selection,
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+        )
+        super().__init__(inner, "fp32", "fp32", max_num_examples=max_num_examples)

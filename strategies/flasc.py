@@ -1,0 +1,128 @@
+"""FLASC (Kuo et al., 2024): dense local LoRA training, sparse communication.
+
+The server keeps a dense global adapter. It broadcasts one global top-k by magnitude at
+``density_down``; clients train densely from it and send a global top-k of their update at
+``density_up``; each update is added to the dense global (so the inner strategy sees plain
+weights) and a server optimizer steps on the mean of the sparse updates. Evaluation messages
+carry the dense global (fp32), as FLASC evaluates it.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import Strategy
+
+from strategies.aggregation import sampled_aggregator
+from strategies.aggregation import server_optimizer as build_server_optimizer
+from strategies.codecs import sparse_spec
+from strategies.compression import CompressionStrategy
+from strategies.schedules import schedule_factor
+from strategies.validation import DEFAULT_MAX_NUM_EXAMPLES
+
+
+class FLASC(CompressionStrategy):
+    """Top-k sparse adapters both ways, a server optimizer on the mean sparse update.
+
+    Parameters
+    ----------
+    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes
+        Node sampling, as Flower's ``FedAvg`` (defaults 1.0, 1.0, 2, 2, 2).
+    density_up : float (default: 0.1)
+        Share of the update's entries each client sends, in (0, 1].
+    density_down : float (default: 0.25)
+        Share of the global adapters' entries broadcast to training clients, in (0, 1].
+    density_schedule : str (default: "constant")
+        ``constant`` or ``decay:F:N``: both densities times F every N rounds.
+    sparsity_scope : str (default: "global")
+        One top-k over all tensors flattened together (``global``, FLASC's) or per ``tensor``.
+    sparse_value_bits : int (default: 32)
+        Width of the kept uplink values: 32 (fp32), 16 (fp16) or 1..8 (affine).
+    server_optimizer : str (default: "adam")
+        ``adam`` (Flower's FedAdam; FLASC uses AdamW without weight decay here) or ``sgd``
+        (Flower's FedAvgM without momentum: lr 1 is FedAvg of the updates).
+    server_lr : float (default: 0.05)
+        The server optimizer's learning rate.
+    server_lr_schedule : str (default: "decay:0.7:5")
+        ``constant`` or ``decay:F:N`` for ``server_lr``; the decay offsets the growing step of
+        Adam's bias correction over the first rounds.
+    server_eps, server_beta1, server_beta2 : float (default: 1e-3, 0.9, 0.999)
+        Adam's epsilon (Flower's ``tau``) and betas.
+    error_feedback : bool (default: False)
+        Clients carry what top-k dropped into their next reply (not in FLASC).
+    aggregation : str (default: "mean")
+        What the optimizer steps on: the ``mean``, ``median`` or ``trimmed-mean`` of the
+        updates (FLASC's is the mean).
+    trim_fraction, over_selection, max_num_examples
+        As in ``FedLoRA``.
+    strategy : Strategy | None (default: None)
+        A Flower strategy to use instead of the server optimizer built from the arguments above.
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        density_up: float = 0.1,
+        density_down: float = 0.25,
+        density_schedule: str = "constant",
+        sparsity_scope: str = "global",
+        sparse_value_bits: int = 32,
+        server_optimizer: str = "adam",
+        server_lr: float = 0.05,
+        server_lr_schedule: str = "decay:0.7:5",
+        server_eps: float = 1e-3,
+        server_beta1: float = 0.9,
+        server_beta2: float = 0.999,
+        error_feedback: bool = False,
+        aggregation: str = "mean",
+        trim_fraction: float = 0.2,
+        strategy: Strategy | None = None,
+        over_selection: float = 0.0,
+        max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
+    ) -> None:
+        if strategy is None:
+            strategy = build_server_optimizer(
+                server_optimizer,
+                lr=server_lr,
+                lr_schedule=server_lr_schedule,
+                eps=server_eps,
+                beta1=server_beta1,
+                beta2=server_beta2,
+                aggregation=aggregation,
+                trim_fraction=trim_fraction,
+                fraction_train=fraction_train,
+                fraction_evaluate=fraction_evaluate,
+                min_train_nodes=min_train_nodes,
+                min_evaluate_nodes=min_evaluate_nodes,
+                min_available_nodes=min_available_nodes,
+            )
+            aggregation = "mean"  # already inside the optimizer's class
+        inner = sampled_aggregator(
+            strategy,
+            aggregation=aggregation,
+            trim_fraction=trim_fraction,
+            over_selection=over_selection,
+        )
+        factor = schedule_factor(density_schedule)
+
+        def codecs_for(server_round: int) -> tuple[str, str]:
+            f = factor(server_round)
+            return (
+                sparse_spec(density_down * f, sparsity_scope, 32),
+                sparse_spec(density_up * f, sparsity_scope, sparse_value_bits),
+            )
+
+        down, up = codecs_for(1)
+        super().__init__(
+            inner,
+            downlink=down,
+            uplink=up,
+            reply="update",
+            error_feedback=error_feedback,
+            evaluate_downlink="fp32",
+            codecs_for_round=codecs_for,
+            max_num_examples=max_num_examples,
+        )

@@ -1,0 +1,1 @@
+"""A minimal Flower app on flora's strategies (a test fixture)."""

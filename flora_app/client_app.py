@@ -23,6 +23,7 @@ from flora_app.ml.lora import (
 )
 from flora_app.ml.training import evaluate as evaluate_model
 from flora_app.ml.training import train as train_model
+from flora_app.node_order import ASK_KEY, ASK_PARTITION
 from flora_app.task import load_client_data, model_spec, partition_of
 from strategies.mod import compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
@@ -106,4 +107,17 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
     if measured:
         content["bn-stats"] = numpy_to_record(running_statistics(model, spec))
+    return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server this node's ``partition-id``, so that it samples by partition and the
+    same seed gives the same run (``flora_app.node_order``)."""
+    config = msg.content.get("config", {})
+    asked = config.get(ASK_KEY)
+    if asked != ASK_PARTITION:
+        raise ValueError(f"unknown query {asked!r}: this ClientApp answers {ASK_PARTITION!r}")
+    partition, _ = partition_of(context.node_config)
+    content = RecordDict({"metrics": MetricRecord({ASK_PARTITION: partition})})
     return Message(content=content, reply_to=msg)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from flora_app.ml.data import DATASETS, PARTITIONERS
-from flora_app.ml.models import MODELS
+from flora_app.ml.lora import LORA_MODES
+from flora_app.ml.models import MODELS, NORMS, PRETRAINED_MODELS
 from strategies.codecs.names import GRANULARITIES, METAS, SPARSITY_SCOPES, VALUE_BITS
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
@@ -31,6 +32,13 @@ FULL_MODEL_STRATEGIES = ("fedavg",)
 # named here so that the ClientApp, which reads this module, does not import server code).
 AGGREGATIONS = ("mean", "median", "trimmed-mean")
 SERVER_OPTIMIZERS = ("adam", "sgd")
+
+
+# Keys that existed once, and what replaced them.
+REPLACED_KEYS = {
+    "lora-train-norm": "replaced by lora-mode (lora-norm / lora-norm-head include the norms)",
+    "lora-train-head": "replaced by lora-mode (lora-norm-head / full-stem include the head)",
+}
 
 
 class ConfigError(ValueError):
@@ -160,7 +168,12 @@ class RunSection(Section):
 class DataSection(Section):
     title: ClassVar[str] = "Data"
     dataset: str = key("digits", "the dataset (digits is embedded and offline)", choices=DATASETS)
-    dataset_source: str = key("", "a Hub id or local folder for cifar10 (default: the Hub)")
+    dataset_source: str = key(
+        "",
+        "where cifar10 / fashion-mnist come from: a folder (torchvision's cifar-10-batches-py, "
+        "or the four Fashion-MNIST idx files), a saved copy, or a Hub id; default: the Hub for "
+        "cifar10, Debian's /usr/share/datasets/fashion-mnist for fashion-mnist",
+    )
     synthetic_samples: int = key(2000, "images of the synthetic dataset", within=at_least(20))
     synthetic_image_size: int = key(
         16, "side of the synthetic images in pixels", within=at_least(4)
@@ -182,9 +195,47 @@ class DataSection(Section):
 class ModelSection(Section):
     title: ClassVar[str] = "Model"
     model: str = key(
-        "resnet8", "the network (CIFAR-style ResNets, or a tiny CNN for tests)", choices=MODELS
+        "resnet8",
+        "the network: CIFAR-style ResNets, torchvision's MobileNetV3-Small, EfficientNet-Lite0, "
+        "or a tiny CNN for tests",
+        choices=MODELS,
     )
-    model_width: int = key(64, "channels of the first stage", within=at_least(1))
+    model_width: int = key(64, "channels of the first stage (ResNets, cnn)", within=at_least(1))
+    norm: str = key(
+        "batch",
+        "normalisation layers: BatchNorm, or GroupNorm(2, C) as the FLoCoRA authors' runs",
+        choices=NORMS,
+    )
+    pretrained: bool = key(False, "start from the model's published ImageNet weights")
+    image_size: int = key(
+        0,
+        "side the input is resized to before efficientnet-lite0 (0: its default, 64; at least "
+        "32); other models take inputs as they come and need 0",
+        within=at_least(0),
+    )
+
+    def check(self) -> None:
+        if self.pretrained and self.model not in PRETRAINED_MODELS:
+            have = ", ".join(PRETRAINED_MODELS) or "none"
+            raise ConfigError(
+                f"run-config 'pretrained' = true: model {self.model!r} has no pretrained "
+                f"weights (models with them: {have})"
+            )
+        if self.image_size and self.model != "efficientnet-lite0":
+            raise ConfigError(
+                f"run-config 'image-size' = {self.image_size}: only efficientnet-lite0 resizes "
+                "its inputs; use 0"
+            )
+        if 0 < self.image_size < 32:
+            raise ConfigError(
+                f"run-config 'image-size' = {self.image_size}: expected 0 or at least 32 "
+                "(EfficientNet-Lite0 has five stride-2 stages)"
+            )
+        if self.pretrained and self.norm != "batch":
+            raise ConfigError(
+                f"run-config 'norm' = {self.norm!r}: the pretrained weights come with their "
+                "BatchNorm layers; use norm='batch' with pretrained=true"
+            )
 
 
 @dataclass(frozen=True)
@@ -192,8 +243,12 @@ class LoraSection(Section):
     title: ClassVar[str] = "LoRA"
     lora_r: int = key(16, "adapter rank", within=at_least(1))
     lora_alpha: float = key(256.0, "adapter scaling numerator (scale = alpha / r)", within=POSITIVE)
-    lora_train_norm: bool = key(True, "also train and exchange the normalisation layers")
-    lora_train_head: bool = key(True, "also train and exchange the classifier head")
+    lora_mode: str = key(
+        "lora-norm-head",
+        "what trains and travels: LoRA only; + norm layers; + norms and head; or the stem conv "
+        "in full + norms + head (FLoCoRA's modes)",
+        choices=LORA_MODES,
+    )
 
 
 @dataclass(frozen=True)
@@ -333,9 +388,8 @@ class FloraConfig:
         }
         unknown = sorted(set(run_config) - known)
         if unknown:
-            raise ConfigError(
-                f"run-config '{unknown[0]}' is not a flora key: see docs/configuration.md"
-            )
+            hint = REPLACED_KEYS.get(unknown[0], "see docs/configuration.md")
+            raise ConfigError(f"run-config '{unknown[0]}' is not a flora key: {hint}")
         sections = {}
         for attr, section in SECTIONS.items():
             values = {}

@@ -19,9 +19,38 @@ from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 
+# Run, node and task ids are random 64-bit numbers: as protobuf varints they take 1-10 bytes
+# depending on the draw, and a message carries them twice (its header and its own serialized
+# object), so the same message differed by a few bytes between two runs of one seed. They are
+# counted at their full width (10 bytes, what half of all ids take): counts are reproducible,
+# and over-count a message by at most a few bytes, never under-count it.
+FULL_WIDTH_ID = 2**64 - 1
+
+
+def _with_full_width_ids(message: Message) -> Message:
+    md = message.metadata
+    metadata = Metadata(
+        run_id=FULL_WIDTH_ID,
+        message_id=md.message_id,
+        src_node_id=FULL_WIDTH_ID,
+        dst_node_id=FULL_WIDTH_ID,
+        reply_to_message_id=md.reply_to_message_id,
+        group_id=md.group_id,
+        created_at=md.created_at,
+        ttl=md.ttl,
+        message_type=md.message_type,
+        src_task_id=None if md.src_task_id is None else FULL_WIDTH_ID,
+        dst_task_id=None if md.dst_task_id is None else FULL_WIDTH_ID,
+    )
+    if message.has_error():
+        return Message(metadata=metadata, error=message.error)
+    return Message(metadata=metadata, content=message.content)
+
 
 def message_wire_bytes(message: Message) -> int:
-    """Serialized size of one message: metadata + object tree + every distinct object."""
+    """Serialized size of one message: metadata + object tree + every distinct object (ids at
+    full width, see ``FULL_WIDTH_ID``)."""
+    message = _with_full_width_ids(message)
     header = message_to_proto(remove_content_from_message(message)).ByteSize()
     if message.has_error():
         return header

@@ -34,6 +34,7 @@ from flora_app.ml.lora import (
     exchanged_state,
     save_adapter,
 )
+from flora_app.node_order import PartitionOrderedGrid
 from flora_app.results import RunRecorder, make_run_dir, resolve_output_path
 from flora_app.rounds import RoundKeeper
 from flora_app.strategy_factory import build_strategy
@@ -134,7 +135,8 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
         len(initial),
     )
 
-    metered = MeteredGrid(grid)
+    # Nodes in partition order (same seed, same run); its partition queries are not metered.
+    metered = MeteredGrid(PartitionOrderedGrid(grid))
     keeper = RoundKeeper(
         model=model,
         spec=spec,

@@ -33,11 +33,13 @@ def model_spec(cfg: FloraConfig, dataset: Dataset) -> ModelSpec:
         num_classes=dataset.num_classes,
         width=cfg.model.model_width,
         seed=cfg.run.seed,
+        norm=cfg.model.norm,
+        pretrained=cfg.model.pretrained,
+        image_size=cfg.model.image_size,
         use_lora=cfg.use_lora,
         lora_r=cfg.lora.lora_r,
         lora_alpha=cfg.lora.lora_alpha,
-        train_norm=cfg.lora.lora_train_norm,
-        train_head=cfg.lora.lora_train_head,
+        lora_mode=cfg.lora.lora_mode,
     )
 
 

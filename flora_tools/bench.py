@@ -1,15 +1,17 @@
 """``make bench``: the papers' comparison, accuracy against measured bytes, in one command.
 
-Runs a sweep of configurations on one federation and seed, each a real ``flwr run`` through
-``flora_tools.run_simulation`` (local simulation SuperLink, free ports, cleaned up after), one
-at a time; then measures each model's client-side training memory in a fresh process
-(``flora_tools.memory_probe``) and writes ``report.md`` / ``report.json`` and two plots
-(``flora_tools.bench_report``) next to every run's own folder::
+Runs a sweep of configurations on one federation, one or more seeds each, every run a real
+``flwr run`` through ``flora_tools.run_simulation`` (local simulation SuperLink, free ports,
+cleaned up after), one at a time; then measures each model's client-side training memory in a
+fresh process (``flora_tools.memory_probe``) and writes ``report.md`` / ``report.json`` and two
+plots (``flora_tools.bench_report``) next to every run's own folder::
 
     python -m flora_tools.bench                       # the CPU sweep below, seed 0
-    python -m flora_tools.bench --seeds 3             # seeds 0, 1, 2: mean ± spread
+    python -m flora_tools.bench --seeds 3             # seeds 0, 1, 2: mean ± 95 % interval
+    python -m flora_tools.bench --preset cpu-fmnist --list     # a preset's sweep and seeds
     python -m flora_tools.bench --configs fedavg,flocora-q4 --rounds 10 --out outputs/b
     python -m flora_tools.bench --report-only --out outputs/b   # rebuild the report
+    python -m flora_tools.bench --headline fedavg,fedlora,flocora-q4 --out outputs/b  # docs table
     python -m flora_tools.bench --preset cifar10-paper          # FLoCoRA's setup, needs the Hub
 
 The sweep (``SWEEP``): ``fedavg`` (full model); ``fedlora`` r = 8, 16, 32 (alpha = 16 r, as
@@ -43,6 +45,20 @@ SuperNodes, 10 sampled per round, Dirichlet(0.5) label skew. Why these rounds an
   minutes with the memory probes, under 30; 30 rounds would be 25-30, too close to it.
   100 simulated SuperNodes start as cheaply as 10 (53 vs 54 CPU-s to the end of round 1).
 
+Seeds: ``--seeds N`` runs seeds 0..N-1 of every configuration; a configuration with its own
+``seeds`` runs at least that many (``cpu-fmnist``: the headline rows 3, the rest 1), so the
+rows a comparison rests on get confidence intervals without tripling the whole sweep. A
+preset may carry its own sweep (``BenchPreset.sweep``, default ``SWEEP``); ``--configs`` and
+``--list`` work on the chosen preset's.
+
+``cpu-fmnist`` is Fashion-MNIST on ResNet-8 width 16 with GroupNorm (FLoCoRA's normalisation),
+100 SuperNodes, 10 per round, Dirichlet(0.5): fedavg, fedlora, FLoCoRA 8/4/2-bit and 8-bit
+both ways, FLASC densities 0.25/0.1/0.05, and ImageNet-pretrained EfficientNet-Lite0 (BatchNorm,
+alpha 16 as FLASC) with fedlora / FLoCoRA 4-bit / FLASC 0.1 next to the same model trained
+from scratch, so the report shows what pretraining buys. Headline rows run 3 seeds, the rest
+one; jobs go seed by seed, so a sweep stopped early (it resumes where it stopped) already has a
+whole table of seed 0. Why its width, rank, epochs and rounds: the comment in the preset.
+
 ``cifar10-paper`` is FLoCoRA's setup (CIFAR-10, ResNet-8, 100 clients, 10 per round,
 Dirichlet 0.5, 5 local epochs, 100 rounds, batch 32, SGD 0.01 Nesterov). It needs the Hugging
 Face Hub (or ``--set "dataset-source='/path/to/copy'"``); local training and evaluation use
@@ -72,7 +88,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flora_tools.bench_report import Group, Run, write_report
+from flora_tools.bench_report import Group, Run, headline_table, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = "flora_tools.run_simulation"  # run as ``python -m``
@@ -81,10 +97,18 @@ HEARTBEAT_FAILURE = "No heartbeat received"
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """One configuration of the sweep: a name and the run-config keys that make it."""
+    """One configuration of the sweep: a name, the run-config keys that make it and, where
+    it needs more seeds than the rest (a headline row), at least how many (None: ``--seeds``)."""
 
     name: str
     keys: dict[str, Any]
+    seeds: int | None = None
+
+
+def seeds_for(config: SweepConfig, floor: int) -> int:
+    """Seeds to run for ``config``: ``--seeds`` is the floor for every configuration, its own
+    ``seeds`` a minimum on top (so ``--seeds 2`` gives 1-seed rows two, and 3-seed rows 3)."""
+    return floor if config.seeds is None else max(floor, config.seeds)
 
 
 SWEEP: tuple[SweepConfig, ...] = (
@@ -125,7 +149,8 @@ SWEEP: tuple[SweepConfig, ...] = (
 
 @dataclass(frozen=True)
 class BenchPreset:
-    """A federation: run-config keys shared by every configuration, and how to run it."""
+    """A federation: run-config keys shared by every configuration, how to run it, and the
+    configurations to compare on it (a preset's question may need its own rows)."""
 
     name: str
     run_config: dict[str, Any]
@@ -133,6 +158,7 @@ class BenchPreset:
     target_accuracy: float
     env: dict[str, str] = field(default_factory=dict)
     summary: str = ""
+    sweep: tuple[SweepConfig, ...] = SWEEP
 
 
 _COMMON = {
@@ -150,6 +176,58 @@ _COMMON = {
     "lora-alpha": 256.0,
 }
 
+# Pretrained rows: ImageNet EfficientNet-Lite0 keeps its BatchNorm (its statistics are part of
+# what was pretrained) and a smaller LoRA scale, alpha 16 with r 16, as FLASC fine-tunes.
+# FLASC's setting: LoRA fine-tuning of a pretrained network (r = alpha = 16, as FLASC). Inputs
+# are resized to 32 x 32 (image-size): at the default 64 a round costs ~2.5x more on 2 cores,
+# and 32 keeps the whole sweep near 150 minutes. Fewer rounds than the ResNet rows: a
+# pretrained model starts far ahead (the from-scratch row shows how far).
+_EFFNET = {
+    "model": "efficientnet-lite0",
+    "pretrained": True,
+    "norm": "batch",
+    "image-size": 32,
+    "lora-r": 16,
+    "lora-alpha": 16.0,
+    "local-epochs": 1,
+    "num-server-rounds": 8,
+}
+
+
+def _flocora(bits: int, down: int = 32) -> dict[str, Any]:
+    return {"strategy": "flocora", "quant-bits": bits, "quant-bits-down": down}
+
+
+def _flasc(density: float) -> dict[str, Any]:
+    return {
+        "strategy": "flasc",
+        "density-up": density,
+        "density-down": 0.25,
+        "sparse-value-bits": 32,
+    }
+
+
+# cpu-fmnist: the rows the comparison's claims rest on get 3 seeds, the variants 1.
+FMNIST_SWEEP: tuple[SweepConfig, ...] = (
+    SweepConfig("fedavg", {"strategy": "fedavg"}, seeds=3),
+    SweepConfig("fedlora", {"strategy": "fedlora"}, seeds=3),
+    SweepConfig("flocora-q8", _flocora(8)),
+    SweepConfig("flocora-q4", _flocora(4), seeds=3),
+    SweepConfig("flocora-q2", _flocora(2)),
+    SweepConfig("flocora-q8-down8", _flocora(8, down=8), seeds=3),
+    SweepConfig("flasc-d25", _flasc(0.25)),
+    SweepConfig("flasc-d10", _flasc(0.1), seeds=3),
+    SweepConfig("flasc-d05", _flasc(0.05)),
+    SweepConfig("effnet-pt-fedlora", {"strategy": "fedlora", **_EFFNET}, seeds=3),
+    SweepConfig("effnet-pt-flocora-q4", {**_flocora(4), **_EFFNET}, seeds=3),
+    SweepConfig("effnet-pt-flasc-d10", {**_flasc(0.1), **_EFFNET}, seeds=3),
+    SweepConfig(
+        "effnet-scratch-fedlora",
+        {"strategy": "fedlora", **_EFFNET, "pretrained": False},
+        seeds=1,
+    ),
+)
+
 PRESETS: dict[str, BenchPreset] = {
     "cpu-digits": BenchPreset(
         "cpu-digits",
@@ -166,6 +244,35 @@ PRESETS: dict[str, BenchPreset] = {
         env={"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"},
         summary="CIFAR-10, ResNet-8 w64, 100 clients, 10/round, Dirichlet 0.5, 5 local "
         "epochs, 100 rounds (FLoCoRA); CUDA when present",
+    ),
+    "cpu-fmnist": BenchPreset(
+        "cpu-fmnist",
+        {
+            "dataset": "fashion-mnist",
+            "model": "resnet8",
+            # Measured here (2 cores, 10 clients a round): ResNet-8 width 16 rounds take ~9 s
+            # (LoRA) at 1 local epoch, ~14 s at 2; 19 ResNet runs x 20 rounds + 10 EfficientNet
+            # runs fit the ~150-minute budget. r = 4 keeps FLoCoRA's rank-to-width ratio (r = 16
+            # at width 64) and alpha = 16 r; r = 16 at width 16 would send more than the convs.
+            "model-width": 16,
+            "norm": "group",  # FLoCoRA's ResNet-8; the EfficientNet rows set "batch"
+            "partitioner": "dirichlet",
+            "dirichlet-alpha": 0.5,
+            "fraction-train": 0.1,
+            "fraction-evaluate": 0.05,
+            "local-epochs": 2,
+            "num-server-rounds": 20,
+            "batch-size": 32,
+            "lr": 0.01,
+            "momentum": 0.9,
+            "lora-r": 4,
+            "lora-alpha": 64.0,
+        },
+        supernodes=100,
+        target_accuracy=0.75,
+        summary="Fashion-MNIST, ResNet-8 w16 GroupNorm and pretrained EfficientNet-Lite0, "
+        "100 clients, 10/round, Dirichlet 0.5",
+        sweep=FMNIST_SWEEP,
     ),
 }
 
@@ -218,10 +325,16 @@ def plan(
     overrides: dict[str, Any],
     out: Path,
 ) -> list[Job]:
-    """Jobs in sweep order, seeds innermost. Precedence: preset < overrides < configuration."""
+    """Jobs seed by seed: every configuration's seed 0, then the seed 1 of those that have
+    one, ... so a sweep stopped half-way (it resumes later) already holds a complete table of
+    one seed. ``seeds`` is the floor for every configuration (``seeds_for``). Precedence:
+    preset < overrides < configuration."""
     jobs = []
-    for config in configs:
-        for seed in range(seeds):
+    counts = {config.name: seeds_for(config, seeds) for config in configs}
+    for seed in range(max(counts.values(), default=0)):
+        for config in configs:
+            if seed >= counts[config.name]:
+                continue
             name = f"{config.name}-s{seed}"
             keys = {
                 **preset.run_config,
@@ -323,22 +436,33 @@ MEMORY_KEYS = (
     "dataset-source",
     "model",
     "model-width",
+    "norm",
+    "pretrained",
     "lora-r",
     "lora-alpha",
-    "lora-train-norm",
-    "lora-train-head",
+    "lora-mode",
     "batch-size",
     "partitioner",
     "dirichlet-alpha",
     "val-fraction",
 )
+# What ``lora-mode`` replaced; still hashed where an older run's config.json has them.
+LEGACY_MEMORY_KEYS = ("lora-train-norm", "lora-train-head")
 
 
 def memory_key(config: dict[str, Any]) -> str:
     """Configurations whose local training is identical share one probe: same model, rank,
-    data and batch size (codecs run outside local training)."""
+    data and batch size (codecs run outside local training).
+
+    Only keys the config has are hashed, so an older run folder (``lora-train-norm`` /
+    ``lora-train-head``, no ``norm`` / ``pretrained`` / ``lora-mode``) keeps the digest its
+    probe file was saved under."""
     lora = config["strategy"] != "fedavg"
-    relevant = {k: config.get(k) for k in MEMORY_KEYS if lora or not k.startswith("lora-")}
+    relevant = {
+        k: config[k]
+        for k in (*MEMORY_KEYS, *LEGACY_MEMORY_KEYS)
+        if k in config and (lora or not k.startswith("lora-"))
+    }
     digest = hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:8]
     kind = f"lora-r{config['lora-r']}" if lora else "full"
     return f"{config['model']}-w{config['model-width']}-{kind}-{digest}"
@@ -394,8 +518,9 @@ def federation(config: dict[str, Any], supernodes: int) -> str:
     if part == "dirichlet":
         part = f"Dirichlet({config['dirichlet-alpha']:g})"
     per_round = max(1, round(config["fraction-train"] * supernodes))
+    norm = f" ({config['norm']} norm)" if config.get("norm") else ""
     return (
-        f"{config['dataset']}, {config['model']} width {config['model-width']}, "
+        f"{config['dataset']}, {config['model']} width {config['model-width']}{norm}, "
         f"{supernodes} SuperNodes, {per_round} per round, {part} partitions, "
         f"{config['num-server-rounds']} rounds of {config['local-epochs']} local epochs "
         f"(batch {config['batch-size']}, SGD lr {config['lr']:g}), "
@@ -403,16 +528,35 @@ def federation(config: dict[str, Any], supernodes: int) -> str:
     )
 
 
-def build_report(out: Path, target: float | None = None) -> Path:
-    """Read ``bench.json`` and the run folders back; write the report and plots."""
+def load_groups(out: Path) -> tuple[list[Group], dict[str, Any]]:
+    """A results folder's configurations (runs and memory probe) and its ``bench.json``."""
     meta = json.loads((out / "bench.json").read_text())
-    target = meta["target_accuracy"] if target is None else target
     groups = []
     for entry in meta["configs"]:
         runs = [Run.load(out / "runs" / name) for name in entry["runs"]]
         memory_file = out / "memory" / f"{memory_key(runs[0].config)}.json"
         memory = json.loads(memory_file.read_text()) if memory_file.exists() else None
         groups.append(Group(entry["name"], runs, memory))
+    return groups, meta
+
+
+def _seeds_line(groups: list[Group]) -> str:
+    """The header's seeds: one range when every row ran the same, else the spread of n."""
+    counts = sorted({len(g.runs) for g in groups})
+    if len(counts) == 1:
+        return f"seeds 0..{counts[0] - 1}"
+    return f"seeds 0..n-1 per configuration, n = {counts[0]}..{counts[-1]} (the seeds column)"
+
+
+def build_report(
+    out: Path,
+    target: float | None = None,
+    reference: str = "fedlora",
+    byte_reference: str = "fedavg",
+) -> Path:
+    """Read ``bench.json`` and the run folders back; write the report and plots."""
+    groups, meta = load_groups(out)
+    target = meta["target_accuracy"] if target is None else target
     walls = meta.get("run_seconds", {})
     header = "\n".join(
         [
@@ -420,13 +564,13 @@ def build_report(out: Path, target: float | None = None) -> Path:
             "",
             f"- command: `{meta['command']}`",
             f"- federation: {federation(groups[0].runs[0].config, meta['supernodes'])}; "
-            f"seeds 0..{meta['seeds'] - 1}",
+            f"{_seeds_line(groups)}",
             f"- machine: {meta['machine']}",
             f"- started {meta['started']}; sweep wall time {sum(walls.values()) / 60:.1f} min "
             f"({len(walls)} runs, each with its flwr run start-up)",
         ]
     )
-    return write_report(out, groups, target, header)
+    return write_report(out, groups, target, header, reference, byte_reference)
 
 
 def _command(args: list[str]) -> str:
@@ -442,10 +586,11 @@ def _command(args: list[str]) -> str:
     return " ".join(["python", "-m", "flora_tools.bench", *(quote(a) for a in args)])
 
 
-def select(names: str) -> list[SweepConfig]:
+def select(names: str, sweep: tuple[SweepConfig, ...] = SWEEP) -> list[SweepConfig]:
+    """The ``--configs`` names from ``sweep`` (the preset's), in the order given; all if empty."""
     if not names:
-        return list(SWEEP)
-    known = {c.name: c for c in SWEEP}
+        return list(sweep)
+    known = {c.name: c for c in sweep}
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in known]
     if unknown:
@@ -467,23 +612,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-timeout", type=float, default=4 * 3600.0, help="s per run")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report of --out")
-    parser.add_argument("--list", action="store_true", help="print the sweep and exit")
+    parser.add_argument("--reference", default="fedlora", help="row accuracy Δs are paired with")
+    parser.add_argument("--byte-reference", default="fedavg", help="row byte reductions divide")
+    parser.add_argument(
+        "--headline", default="", help="print the headline table of --out for these configs"
+    )
+    parser.add_argument("--list", action="store_true", help="print the preset's sweep and exit")
     args = parser.parse_args(argv)
 
-    if args.list:
-        for config in SWEEP:
-            print(f"{config.name:18} {format_run_config(config.keys)}")
-        return 0
-    if args.report_only:
-        if args.out is None:
-            raise SystemExit("--report-only needs --out")
-        print(build_report(args.out, args.target))
-        return 0
-
     preset = PRESETS[args.preset]
-    configs = select(args.configs)
     if args.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
+    if args.list:
+        for config in preset.sweep:
+            seeds = seeds_for(config, args.seeds)
+            print(f"{config.name:24} seeds {seeds}  {format_run_config(config.keys)}")
+        return 0
+    if args.report_only or args.headline:
+        if args.out is None:
+            raise SystemExit("--report-only and --headline need --out")
+        if args.headline:
+            groups, meta = load_groups(args.out)
+            names = [n.strip() for n in args.headline.split(",") if n.strip()]
+            target = args.target or meta["target_accuracy"]
+            print(headline_table(groups, names, target, args.reference, args.byte_reference))
+            return 0
+        print(build_report(args.out, args.target, args.reference, args.byte_reference))
+        return 0
+
+    configs = select(args.configs, preset.sweep)
     overrides = parse_run_config(args.set)
     if args.rounds is not None:
         overrides["num-server-rounds"] = args.rounds
@@ -536,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
             if job.seed == 0:
                 config = json.loads((job.run_dir / "config.json").read_text())
                 probe_memory(config, supernodes, out, env)
-    report = build_report(out)
+    report = build_report(out, None, args.reference, args.byte_reference)
     print(f"bench: report {report}", flush=True)
     return 0
 

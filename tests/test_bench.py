@@ -9,16 +9,44 @@ memory) without the report code, and compares within the printed precision.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from flora_tools.bench import SWEEP, format_run_config, parse_run_config, plan
-from flora_tools.bench_report import Group, Run, build_rows, markdown_table
+from flora_tools import bench
+from flora_tools.bench import (
+    FMNIST_SWEEP,
+    PRESETS,
+    SWEEP,
+    build_report,
+    format_run_config,
+    load_groups,
+    main,
+    memory_key,
+    parse_run_config,
+    plan,
+    select,
+)
+from flora_tools.bench_report import (
+    COLUMNS,
+    Group,
+    Run,
+    accuracy_band,
+    build_rows,
+    estimate,
+    headline_table,
+    markdown_table,
+    paired_delta,
+    settings,
+    t975,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "model='cnn' model-width=16 lora-r=4 lora-alpha=8.0 local-epochs=1 fraction-train=1.0"
@@ -103,9 +131,13 @@ def test_bench_sweep_writes_a_report_that_matches_its_run_folders(tmp_path: Path
             sum(r["bytes_up"] + r["bytes_down"] for r in rounds) / 1e6
         )
         assert cells[3] == "1"  # seeds
-        assert _close(cells[4], 100 * finals[name])
+        assert _close(cells[4], 100 * finals[name])  # one seed: no interval
         assert _close(cells[5], 100 * sum(r["accuracy"] for r in rounds) / len(rounds))
-        assert _close(cells[7], totals[name])
+        assert cells[6] == "n/a"  # no fedlora row in this sweep
+        assert _close(cells[7], totals[name] / len(rounds))
+        per_client = summary["bytes_up_per_client_per_round"]
+        per_client += summary["bytes_down_per_client_per_round"]
+        assert _close(cells[8], per_client / 1e6)
         cum = 0.0
         reached = None
         for r in rounds:
@@ -113,21 +145,21 @@ def test_bench_sweep_writes_a_report_that_matches_its_run_folders(tmp_path: Path
             if reached is None and r["accuracy"] >= 0.9:
                 reached = cum
         if reached is None:
-            assert cells[9] == "not reached"
+            assert cells[10] == "not reached (0/1)"
         else:
-            assert _close(cells[9], reached)
-        assert _close(cells[10], rounds[1]["seconds"])  # round 1 (start-up) left out
+            assert cells[10].endswith(" (1/1 reached)")
+            assert _close(cells[10].split(" (")[0], reached)
+        assert _close(cells[11], rounds[1]["seconds"])  # round 1 (start-up) left out
         codec = rounds[1]["server_codec_seconds"] + rounds[1]["client_codec_seconds"]
         assert rounds[1]["client_codec_seconds"] > 0
-        assert _close(cells[11], 100 * codec / rounds[1]["seconds"])
+        assert _close(cells[12], 100 * codec / rounds[1]["seconds"])
         probes = [json.loads(p.read_text()) for p in (out / "memory").glob("*.json")]
         mine = [p for p in probes if p["strategy"] == name.split("-")[0]]
         assert len(mine) == 1 and mine[0]["rss_delta_mb"] >= 0
-        assert _close(cells[12], mine[0]["rss_delta_mb"])
+        assert _close(cells[13], mine[0]["rss_delta_mb"])
 
     assert rows["flocora-q4"][2].startswith("r=4, alpha=8, up 4-bit, down fp32")
-    assert _close(rows["flocora-q4"][6], 100 * (finals["flocora-q4"] - finals["fedavg"]))
-    assert _close(rows["flocora-q4"][8], totals["fedavg"] / totals["flocora-q4"])
+    assert _close(rows["flocora-q4"][9], totals["fedavg"] / totals["flocora-q4"])
     assert totals["flocora-q4"] < totals["fedavg"]  # 4-bit LoRA uplink beats the full model
 
     # The report is rebuilt from the folders alone, identically.
@@ -144,11 +176,43 @@ def test_bench_sweep_writes_a_report_that_matches_its_run_folders(tmp_path: Path
     assert (out / "report.json").read_text() == before
 
 
-def _fake_run(path: Path, strategy: str, accuracies: list[float], mb: float) -> Path:
-    """A run folder as the ServerApp writes one (the fields the report reads)."""
+_CONFIG = {
+    "dataset": "digits",
+    "model": "resnet8",
+    "model-width": 64,
+    "partitioner": "dirichlet",
+    "dirichlet-alpha": 0.5,
+    "fraction-train": 0.1,
+    "fraction-evaluate": 0.1,
+    "local-epochs": 5,
+    "batch-size": 32,
+    "lr": 0.01,
+    "lora-r": 16,
+    "lora-alpha": 256.0,
+    "quant-bits": 4,
+    "quant-bits-down": 32,
+    "density-up": 0.1,
+    "density-down": 0.25,
+    "sparse-value-bits": 32,
+    "server-optimizer": "adam",
+    "server-lr": 0.05,
+}
+
+
+def _fake_run(
+    path: Path,
+    strategy: str,
+    accuracies: list[float],
+    mb: float,
+    seed: int = 0,
+    clients: int = 10,
+    **keys: object,
+) -> Path:
+    """A run folder as the ServerApp writes one (the fields the report reads): ``mb`` MB per
+    round, half up and half down, over ``clients`` sampled clients."""
     path.mkdir(parents=True)
-    config = {"strategy": strategy, "lora-r": 16, "lora-alpha": 256.0, "quant-bits": 4}
-    config |= {"quant-bits-down": 32, "model": "resnet8", "model-width": 64}
+    config = _CONFIG | {"strategy": strategy, "seed": seed}
+    config |= {"num-server-rounds": len(accuracies)} | keys
     (path / "config.json").write_text(json.dumps(config))
     rounds = [
         {
@@ -156,6 +220,7 @@ def _fake_run(path: Path, strategy: str, accuracies: list[float], mb: float) -> 
             "accuracy": acc,
             "bytes_up": int(mb * 1e6 / 2),
             "bytes_down": int(mb * 1e6 / 2),
+            "clients": clients,
             "seconds": 10.0 if i == 0 else 2.0,
             "server_codec_seconds": 0.02,
             "client_codec_seconds": 0.02,
@@ -168,31 +233,313 @@ def _fake_run(path: Path, strategy: str, accuracies: list[float], mb: float) -> 
     return path
 
 
-def test_report_rows_mean_spread_target_and_codec_share(tmp_path: Path) -> None:
+def _runs(root: Path, strategy: str, finals: dict[int, float], mb: float = 1.0) -> list[Run]:
+    """One run per seed, accuracy 0.5 then ``finals[seed]``."""
+    return [
+        Run.load(_fake_run(root / f"{strategy}-s{seed}", strategy, [0.5, acc], mb, seed=seed))
+        for seed, acc in finals.items()
+    ]
+
+
+def test_t_quantiles_match_published_values() -> None:
+    assert t975(1) == pytest.approx(12.706, abs=1e-3)
+    assert t975(2) == pytest.approx(4.303, abs=1e-3)
+    assert t975(4) == pytest.approx(2.776, abs=1e-3)
+    assert t975(9) == pytest.approx(2.262, abs=1e-3)
+    assert t975(30) == pytest.approx(2.042, abs=1e-3)
+    # Past the table, the expansion: t(0.975, 31) = 2.0395, 60: 2.0003, 120: 1.9799.
+    assert t975(31) == pytest.approx(2.0395, abs=3e-4)
+    assert t975(60) == pytest.approx(2.0003, abs=2e-4)
+    assert t975(120) == pytest.approx(1.9799, abs=1e-4)
+    quantiles = np.array([t975(df) for df in range(1, 200)])
+    assert (np.diff(quantiles) < 0).all() and quantiles[-1] > 1.96
+    with pytest.raises(ValueError):
+        t975(0)
+
+
+def test_interval_of_a_known_sample() -> None:
+    three = estimate([0.90, 0.92, 0.94])
+    assert three.mean == pytest.approx(0.92) and three.n == 3
+    assert three.half_width == pytest.approx(4.303 * 0.02 / math.sqrt(3), rel=1e-3)
+    one = estimate([0.9])
+    assert one.mean == 0.9 and one.half_width is None and one.n == 1
+
+
+def test_delta_is_paired_over_the_shared_seeds_only(tmp_path: Path) -> None:
+    fedlora = _runs(tmp_path, "fedlora", {0: 0.90, 1: 0.92, 2: 0.94})
+    flasc = _runs(tmp_path, "flasc", {1: 0.95, 2: 0.93, 3: 0.50})
+    delta = paired_delta(flasc, fedlora)
+    assert delta is not None and delta.n == 2  # seeds 1 and 2; seed 3 has no partner
+    diffs = [0.95 - 0.92, 0.93 - 0.94]
+    assert delta.mean == pytest.approx(statistics.fmean(diffs))
+    assert delta.half_width == pytest.approx(12.7062 * statistics.stdev(diffs) / math.sqrt(2))
+    assert paired_delta(_runs(tmp_path / "x", "flasc", {7: 0.9}), fedlora) is None
+
+    rows = build_rows([Group("fedlora", fedlora), Group("flasc", flasc)], target=0.99)
+    assert rows[0]["delta_vs_reference"] == 0.0 and rows[0]["delta_seeds"] == 3
+    assert rows[1]["delta_vs_reference"] == pytest.approx(0.01) and rows[1]["delta_seeds"] == 2
+    cells = _cells(markdown_table(rows))
+    assert cells["flasc"][6] == "+1.0 ± 25.4 (2/3 seeds)"
+    assert cells["fedlora"][6] == "+0.0 ± 0.0"
+    # No fedavg row: no byte reduction; a missing reference row leaves its column n/a.
+    assert cells["flasc"][9] == "n/a"
+    alone = build_rows([Group("flasc", flasc)], target=0.99)
+    assert alone[0]["delta_vs_reference"] is None
+    assert _cells(markdown_table(alone))["flasc"][6] == "n/a"
+
+
+def test_mb_to_target_counts_the_seeds_that_reach_it(tmp_path: Path) -> None:
+    runs = [
+        Run.load(_fake_run(tmp_path / "s0", "fedlora", [0.5, 0.91, 0.95], mb=2.0, seed=0)),
+        Run.load(_fake_run(tmp_path / "s1", "fedlora", [0.5, 0.8, 0.90], mb=2.0, seed=1)),
+        Run.load(_fake_run(tmp_path / "s2", "fedlora", [0.5, 0.8, 0.85], mb=2.0, seed=2)),
+    ]
+    assert [r.mb_to_reach(0.9) for r in runs] == [pytest.approx(4.0), pytest.approx(6.0), None]
+    (row,) = build_rows([Group("fedlora", runs)], target=0.9)
+    assert row["mb_to_target"] == pytest.approx(5.0) and row["seeds_reaching_target"] == 2
+    table = markdown_table([row])
+    assert "MB to 90 % (seeds reached)" in table
+    assert _cells(table)["fedlora"][10] == "5.00 (2/3 reached)"
+    (never,) = build_rows([Group("fedlora", runs)], target=0.99)
+    assert _cells(markdown_table([never]))["fedlora"][10] == "not reached (0/3)"
+
+
+def test_report_rows_bytes_reduction_times_and_memory(tmp_path: Path) -> None:
     fedavg = [
-        Run.load(_fake_run(tmp_path / "a0", "fedavg", [0.5, 0.92, 0.95], mb=10.0)),
-        Run.load(_fake_run(tmp_path / "a1", "fedavg", [0.5, 0.8, 0.91], mb=10.0)),
+        Run.load(_fake_run(tmp_path / "a0", "fedavg", [0.5, 0.92, 0.95], mb=10.0, seed=0)),
+        Run.load(_fake_run(tmp_path / "a1", "fedavg", [0.5, 0.8, 0.91], mb=10.0, seed=1)),
     ]
     q4 = [
-        Run.load(_fake_run(tmp_path / "b0", "flocora", [0.3, 0.6, 0.85], mb=1.0)),
-        Run.load(_fake_run(tmp_path / "b1", "flocora", [0.3, 0.6, 0.93], mb=1.0)),
+        Run.load(_fake_run(tmp_path / "b0", "flocora", [0.3, 0.6, 0.85], mb=1.0, seed=0)),
+        Run.load(_fake_run(tmp_path / "b1", "flocora", [0.3, 0.6, 0.93], mb=1.0, seed=1)),
     ]
     groups = [Group("fedavg", fedavg), Group("flocora-q4", q4, {"rss_delta_mb": 4.5})]
-    rows = build_rows(groups, target=0.9)
-    a, b = rows
+    a, b = build_rows(groups, target=0.9, reference="fedavg")
     assert a["final_accuracy"] == pytest.approx(0.93)
-    assert a["final_accuracy_spread"] == pytest.approx(statistics.stdev([0.95, 0.91]))
-    assert a["last5_accuracy"] == pytest.approx((0.5 + 0.92 + 0.95 + 0.5 + 0.8 + 0.91) / 6)
-    assert a["total_mb"] == pytest.approx(30.0) and b["total_mb"] == pytest.approx(3.0)
-    assert b["reduction_vs_reference"] == pytest.approx(10.0)
-    assert b["delta_vs_reference"] == pytest.approx(0.89 - 0.93)
+    assert a["final_accuracy_ci"] == pytest.approx(
+        12.7062 * statistics.stdev([0.95, 0.91]) / 2**0.5
+    )
+    last = [statistics.fmean([0.5, 0.92, 0.95]), statistics.fmean([0.5, 0.8, 0.91])]
+    assert a["last5_accuracy"] == pytest.approx(statistics.fmean(last))
+    assert a["mb_per_round"] == pytest.approx(10.0) and b["mb_per_round"] == pytest.approx(1.0)
+    assert b["mb_per_client_round"] == pytest.approx(0.1)  # 10 clients
+    assert a["total_mb"] == pytest.approx(30.0)
+    assert b["reduction_vs_byte_reference"] == pytest.approx(10.0)
+    assert b["delta_vs_reference"] == pytest.approx(statistics.fmean([0.85 - 0.95, 0.93 - 0.91]))
     assert a["mb_to_target"] == pytest.approx(25.0)  # rounds 2 (20 MB) and 3 (30 MB)
-    assert b["mb_to_target"] == pytest.approx(3.0) and b["seeds_reaching_target"] == 1
     assert a["seconds_per_round"] == pytest.approx(2.0)  # round 1 left out
     assert a["codec_share"] == pytest.approx(0.04 / 2.0)
-    table = markdown_table(rows, 0.9)
-    assert "| 93.0 ± 2.8 |" in table and "| 10.0x |" in table
-    assert "3 (1/2 seeds)" in table and "| 4.5 |" in table and "| n/a |" in table
+    cells = _cells(markdown_table([a, b]))
+    assert cells["fedavg"][4] == "93.0 ± 25.4" and cells["flocora-q4"][9] == "10.0x"
+    assert cells["flocora-q4"][7] == "1.00" and cells["flocora-q4"][8] == "0.100"
+    assert cells["flocora-q4"][13] == "4.5" and cells["fedavg"][13] == "n/a"
+    assert cells["flocora-q4"][2] == "r=16, alpha=256, up 4-bit, down fp32"
+
+
+def test_settings_name_the_model_keys_that_differ_from_the_first_row() -> None:
+    base = _CONFIG | {"strategy": "fedavg", "norm": "group", "pretrained": False}
+    effnet = base | {"strategy": "fedlora", "model": "efficientnet-lite0", "norm": "batch"}
+    assert settings(base, base) == "full model, fp32"
+    assert settings(effnet | {"pretrained": True, "lora-alpha": 16.0}, base) == (
+        "efficientnet-lite0, batch norm, pretrained, r=16, alpha=16, fp32"
+    )
+    assert settings(effnet, base).startswith("efficientnet-lite0, batch norm, from scratch, ")
+    assert settings(base | {"strategy": "fedlora", "lora-mode": "full-stem"}, base) == (
+        "full-stem, r=16, alpha=256, fp32"
+    )
+
+
+def test_bands_are_t_intervals_min_max_or_none(tmp_path: Path) -> None:
+    runs = _runs(tmp_path, "fedlora", {0: 0.90, 1: 0.92, 2: 0.94})
+    mbs, mean, low, high = accuracy_band(runs)
+    assert mbs.tolist() == pytest.approx([1.0, 2.0]) and mean[-1] == pytest.approx(0.92)
+    assert low is not None and high is not None
+    assert high[-1] - mean[-1] == pytest.approx(estimate([0.90, 0.92, 0.94]).half_width)
+    _, _, low, high = accuracy_band(runs[:2])
+    assert low is not None and high is not None
+    assert (low[-1], high[-1]) == pytest.approx((0.90, 0.92))
+    assert accuracy_band(runs[:1])[2:] == (None, None)
+
+
+def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
+    preset = PRESETS["cpu-fmnist"]
+    headline = {
+        "fedavg",
+        "fedlora",
+        "flocora-q4",
+        "flocora-q8-down8",
+        "flasc-d10",
+        "effnet-pt-fedlora",
+        "effnet-pt-flocora-q4",
+        "effnet-pt-flasc-d10",
+    }
+    names = [c.name for c in preset.sweep]
+    assert headline < set(names) and len(names) == 13
+
+    def counts(floor: int) -> dict[str, int]:
+        jobs = plan(preset, list(preset.sweep), floor, {}, tmp_path)
+        # seed by seed (all seed-0 runs first), configuration order within a seed
+        assert [j.seed for j in jobs] == sorted(j.seed for j in jobs)
+        for seed in {j.seed for j in jobs}:
+            order = [j.config.name for j in jobs if j.seed == seed]
+            assert order == sorted(order, key=names.index)
+        for name in names:
+            assert [j.seed for j in jobs if j.config.name == name] == list(
+                range(len([j for j in jobs if j.config.name == name]))
+            )
+        return {n: sum(j.config.name == n for j in jobs) for n in names}
+
+    assert counts(1) == {n: 3 if n in headline else 1 for n in names}
+    assert counts(2) == {n: 3 if n in headline else 2 for n in names}
+    assert counts(4) == dict.fromkeys(names, 4)
+
+    jobs = plan(preset, list(preset.sweep), 1, {}, tmp_path)
+    keys = {j.config.name: j.keys for j in jobs}
+    assert keys["fedlora"]["dataset"] == "fashion-mnist" and keys["fedlora"]["norm"] == "group"
+    assert keys["fedlora"]["model-width"] == 16 and keys["fedlora"]["lora-alpha"] == 64.0
+    assert keys["fedlora"]["lora-r"] == 4 and keys["fedlora"]["norm"] == "group"
+    assert keys["fedavg"]["fraction-evaluate"] == 0.05
+    for name in ("effnet-pt-fedlora", "effnet-pt-flocora-q4", "effnet-pt-flasc-d10"):
+        assert keys[name]["model"] == "efficientnet-lite0" and keys[name]["pretrained"] is True
+        assert keys[name]["norm"] == "batch" and keys[name]["lora-alpha"] == 16.0
+    assert keys["effnet-scratch-fedlora"]["pretrained"] is False
+    assert keys["effnet-pt-flasc-d10"]["density-up"] == 0.1
+    for job in jobs:
+        assert parse_run_config(format_run_config(job.keys)) == job.keys
+    # The other presets keep the global sweep.
+    assert PRESETS["cpu-digits"].sweep is SWEEP and PRESETS["cifar10-paper"].sweep is SWEEP
+    assert len(plan(PRESETS["cpu-digits"], list(SWEEP), 1, {}, tmp_path)) == len(SWEEP)
+
+
+def test_configs_select_from_the_presets_sweep(capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = PRESETS["cpu-fmnist"].sweep
+    chosen = select("effnet-pt-fedlora, fedavg", sweep)
+    assert [c.name for c in chosen] == ["effnet-pt-fedlora", "fedavg"]
+    assert chosen[0].seeds == 3
+    assert select("", sweep) == list(sweep)
+    with pytest.raises(SystemExit, match="flasc-d10-v8"):
+        select("flasc-d10-v8", sweep)  # in the global sweep, not in cpu-fmnist's
+    with pytest.raises(SystemExit, match="effnet-pt-fedlora"):
+        select("effnet-pt-fedlora", SWEEP)
+
+    assert main(["--preset", "cpu-fmnist", "--list", "--seeds", "2"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert list(lines) == [c.name for c in sweep]
+    assert " seeds 3 " in lines["effnet-pt-fedlora"] and " seeds 2 " in lines["flasc-d25"]
+    assert "pretrained=false" in lines["effnet-scratch-fedlora"]
+
+
+def test_a_complete_run_folder_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (job,) = plan(PRESETS["cpu-fmnist"], select("flasc-d25", FMNIST_SWEEP), 1, {}, tmp_path)
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "config.json").write_text(json.dumps(job.keys))
+    (job.run_dir / "summary.json").write_text("{}")
+
+    def launch(*args: object) -> int:
+        raise AssertionError("a complete run was launched again")
+
+    monkeypatch.setattr(bench, "launch", launch)
+    assert bench.run_job(job, 100, tmp_path, {}, 60.0) == 0.0
+
+
+def _fake_sweep(out: Path) -> None:
+    """A results folder: fedavg and fedlora with 3 seeds, flocora-q4 with 1, as ``main``
+    writes it (``bench.json`` and ``runs/<config>-s<seed>``)."""
+    finals = {
+        "fedavg": ("fedavg", 10.0, {0: 0.93, 1: 0.95, 2: 0.94}),
+        "fedlora": ("fedlora", 1.0, {0: 0.90, 1: 0.92, 2: 0.94}),
+        "flocora-q4": ("flocora", 0.3, {0: 0.89}),
+    }
+    configs = []
+    for name, (strategy, mb, seeds) in finals.items():
+        for seed, acc in seeds.items():
+            accuracies = [0.3, 0.6, 0.8, 0.85, 0.88, acc]
+            _fake_run(out / "runs" / f"{name}-s{seed}", strategy, accuracies, mb, seed=seed)
+        configs.append({"name": name, "runs": [f"{name}-s{s}" for s in seeds]})
+    meta = {
+        "preset": "cpu-digits",
+        "supernodes": 100,
+        "seeds": 1,
+        "target_accuracy": 0.9,
+        "command": "python -m flora_tools.bench --out x",
+        "machine": "test",
+        "started": "now",
+        "configs": configs,
+        "run_seconds": {"fedavg-s0": 60.0},
+    }
+    (out / "bench.json").write_text(json.dumps(meta))
+
+
+def test_report_and_plots_for_one_and_three_seed_rows(tmp_path: Path) -> None:
+    _fake_sweep(tmp_path)
+    report = build_report(tmp_path).read_text()
+    for plot_file in ("accuracy_vs_mb.png", "accuracy_vs_round.png"):
+        assert (tmp_path / plot_file).stat().st_size > 10_000
+        assert f"]({plot_file})" in report
+    rows = _cells(report)
+    assert list(rows) == ["fedavg", "fedlora", "flocora-q4"]
+    assert rows["fedlora"][3] == "3" and rows["flocora-q4"][3] == "1"
+    half = 100 * 4.3027 * 0.02 / math.sqrt(3)
+    assert rows["fedlora"][4] == f"92.0 ± {half:.1f}"
+    assert rows["flocora-q4"][4] == "89.0"  # one seed: the value, no interval
+    assert rows["flocora-q4"][6] == "-1.0"  # seed 0 only, which fedlora has
+    fedavg_delta = estimate([0.03, 0.03, 0.0])  # seed by seed against fedlora
+    assert rows["fedavg"][6] == f"+2.0 ± {100 * fedavg_delta.half_width:.1f}"
+    assert rows["fedlora"][9] == "10.0x" and rows["flocora-q4"][9] == "33.3x"
+    assert rows["fedlora"][10] == "6.00 (3/3 reached)"  # at round 6, 1 MB a round
+    assert rows["flocora-q4"][10] == "not reached (0/1)"
+    assert "seeds 0..n-1 per configuration, n = 1..3" in report
+    assert "Δ vs fedlora (points, paired by seed) ± 95 % CI" in report
+    for column in COLUMNS:  # NOTES defines every column
+        assert COLUMNS[column].split(" ")[0].format(reference="fedlora", byte_reference="fedavg")
+    for term in ("seeds:", "final accuracy:", "last 5 rounds:", "Δ vs fedlora:", "t(0.975, n-1)"):
+        assert term in report
+    for term in ("MB up+down / round:", "/ client / round:", "reduction vs fedavg:", "MB to 90 %:"):
+        assert term in report
+    for term in ("s / round:", "codec share:", "client training peak MB:", "plots:"):
+        assert term in report
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["reference"] == "fedlora" and data["rows"][1]["seed_list"] == [0, 1, 2]
+
+    # The headline table is the report's cells for the listed rows and columns.
+    groups, meta = load_groups(tmp_path)
+    headline = headline_table(groups, ["flocora-q4", "fedlora"], meta["target_accuracy"])
+    lines = headline.splitlines()
+    assert lines[0] == (
+        "| config | final accuracy % ± 95 % CI | Δ vs fedlora (points, paired by seed) ± 95 % CI"
+        " | MB up+down / client / round | reduction vs fedavg (up+down) "
+        "| MB to 90 % (seeds reached) |"
+    )
+    heads = _cells(headline)
+    assert list(heads) == ["flocora-q4", "fedlora"]
+    for name, cells in heads.items():
+        assert cells == [rows[name][i] for i in (0, 4, 6, 8, 9, 10)]
+    assert headline_table(groups, ["fedlora"]) == headline_table(groups, ["fedlora"], 0.9)
+    with pytest.raises(ValueError, match="nope"):
+        headline_table(groups, ["nope"])
+
+
+def test_committed_cpu_digits_folders_still_load_and_report(tmp_path: Path) -> None:
+    committed = ROOT / "benchmarks" / "cpu-digits"
+    for path in sorted((committed / "runs").iterdir()):
+        run = Run.load(path)
+        assert "lora-mode" not in run.config and "lora-train-norm" in run.config
+        assert settings(run.config) and run.mb_per_client_round() is not None
+        # The probe files were saved under the digest of the old keys; it must not move.
+        assert (committed / "memory" / f"{memory_key(run.config)}.json").exists()
+
+    out = tmp_path / "cpu-digits"
+    shutil.copytree(committed, out)
+    report = build_report(out).read_text()
+    rows = _cells(report)
+    assert len(rows) == 13 and rows["fedavg"][4] == "94.4" and rows["fedavg"][9] == "1.0x"
+    assert all(cells[6] == "n/a" for cells in rows.values())  # no row named fedlora
+    assert all(cells[13] != "n/a" for cells in rows.values())  # memory probes found
+    assert "seeds 0..0" in report
+    report = build_report(out, reference="fedlora-r16").read_text()
+    rows = _cells(report)
+    assert rows["fedlora-r16"][6] == "+0.0" and rows["fedavg"][6] == "-1.4"
+    assert (out / "accuracy_vs_mb.png").stat().st_size > 10_000
 
 
 def test_the_sweep_is_the_issues_list_and_its_run_config_round_trips(tmp_path: Path) -> None:
@@ -212,10 +559,8 @@ def test_the_sweep_is_the_issues_list_and_its_run_config_round_trips(tmp_path: P
         "flasc-d10-v8",
         "flocora-q2-ef",
     ]
-    from flora_tools.bench import PRESETS
-
     jobs = plan(PRESETS["cpu-digits"], list(SWEEP), 2, {"lr": 0.05}, tmp_path)
-    assert len(jobs) == 26 and [j.seed for j in jobs[:2]] == [0, 1]
+    assert len(jobs) == 26 and [j.seed for j in jobs[:14]] == [0] * 13 + [1]
     for job in jobs:
         assert parse_run_config(format_run_config(job.keys)) == job.keys
         assert job.keys["lr"] == 0.05 and job.keys["dataset"] == "digits"

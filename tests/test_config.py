@@ -41,7 +41,10 @@ def test_integers_are_accepted_where_numbers_are_meant() -> None:
         ("lr", float("nan"), "expected a number > 0"),
         ("num-server-rounds", 0, ">= 1"),
         ("local-epochs", 2.5, "expected an integer"),
-        ("lora-train-norm", "yes", "expected true or false"),
+        ("pretrained", "yes", "expected true or false"),
+        ("lora-mode", "all", "expected one of lora, lora-norm, lora-norm-head, full-stem"),
+        ("norm", "layer", "expected one of batch, group"),
+        ("pretrained", True, "has no pretrained weights"),
         ("dirichlet-alpha", 0, "expected a number > 0"),
         ("momentum", 1.0, "[0.0, 1.0)"),
         ("fraction-evaluate", 0.0, "BatchNorm statistics"),
@@ -118,3 +121,5 @@ def test_every_strategy_keyword_is_reachable_from_the_run_config() -> None:
 def test_unknown_keys_are_refused_with_one_line() -> None:
     with pytest.raises(ConfigError, match="run-config 'quant-bitz' is not a flora key"):
         FloraConfig.from_run_config({**DEFAULTS, "quant-bitz": 4})
+    with pytest.raises(ConfigError, match="'lora-train-norm' is not a flora key: replaced by"):
+        FloraConfig.from_run_config({**DEFAULTS, "lora-train-norm": False})

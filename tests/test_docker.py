@@ -250,8 +250,23 @@ def test_image_versions_come_from_the_lock_file() -> None:
     assert "COPY --chown=app:app requirements.lock" in dockerfile
     assert "--no-deps -r /tmp/image-requirements.txt" in dockerfile
     assert "TORCH_VERSION" not in dockerfile  # no second place naming torch
-    assert locked["torch"].endswith("+cpu")  # the CPU build, not CUDA
-    assert "download.pytorch.org/whl/cpu" in dockerfile
+    assert "download.pytorch.org/whl/cpu" in dockerfile  # CPU builds of the lock's versions
+    # Run the Dockerfile's own filter on the lock: every pin survives, as the same version,
+    # except flwr (the base image's), Ray, CUDA libraries, and torch/torchvision as +cpu.
+    command = re.search(r"RUN (grep -vE .*?) > /tmp/image-requirements.txt", dockerfile, re.S)
+    script = command.group(1).replace("\\\n", " ")
+    image = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", image, flags=re.MULTILINE))
+    pinned = {k.lower(): v for k, v in pinned.items()}
+    for package, version_ in locked.items():
+        if package in ("flwr", "ray", "triton") or package.startswith("nvidia-"):
+            assert package not in pinned
+        elif package in ("torch", "torchvision"):
+            assert pinned[package] == f"{version_}+cpu"
+        else:
+            assert pinned[package] == version_, package
 
 
 def test_the_installed_environment_is_the_lock_file() -> None:

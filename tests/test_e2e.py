@@ -148,3 +148,26 @@ def test_flasc_with_8_bit_values_sends_sparse_updates(tmp_path: Path) -> None:
         assert r["up_density"] == pytest.approx(0.1, abs=1e-3)
         assert r["down_density"] == pytest.approx(0.25, abs=1e-3)
         assert 0.0 <= r["downlink_accuracy"] <= 1.0
+
+
+def _without_timing(run_dir: Path) -> list[dict]:
+    """rounds.jsonl with the keys that measure time (``seconds``, ``*_seconds``) removed."""
+    lines = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in lines]
+
+
+@pytest.mark.parametrize(
+    "strategy", ["strategy='fedlora'", "strategy='flasc' density-up=0.3 density-down=0.5"]
+)
+def test_the_same_seed_gives_the_same_run(tmp_path: Path, strategy: str) -> None:
+    """Two real `flwr run`s of one config: which partition trains when no longer follows
+    Flower's random node ids, so the runs are identical apart from timing."""
+    config = (
+        f"{strategy} model='cnn' model-width=16 lora-r=4 lora-alpha=8.0 num-server-rounds=3 "
+        "local-epochs=1 fraction-train=0.5 fraction-evaluate=0.5 partitioner='dirichlet' seed=3"
+    )
+    first, _ = _run(tmp_path / "a", config, supernodes=4)
+    second, _ = _run(tmp_path / "b", config, supernodes=4)
+    a, b = _without_timing(first), _without_timing(second)
+    assert len(a) == 3
+    assert a == b

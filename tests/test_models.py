@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flora_app.ml.models import base_fingerprint, build_model, conv_module_names
+from flora_app.ml.models import (
+    MODELS,
+    NORMS,
+    base_fingerprint,
+    build_model,
+    conv_module_names,
+    head_module_name,
+    norm_module_names,
+    stem_conv_name,
+)
 
 
 @pytest.mark.parametrize(("name", "expected"), [("resnet8", 1_227_594), ("resnet18", 11_173_962)])
@@ -56,3 +65,73 @@ def test_every_conv_is_listed_for_lora_including_stem_and_shortcuts() -> None:
     assert "conv1" in names
     assert sum("shortcut_conv" in n for n in names) == 2
     assert len(names) == 9
+
+
+def test_model_choices_keep_their_order() -> None:
+    assert MODELS[:4] == ("resnet8", "resnet18", "cnn", "mobilenet-v3-small")
+    assert NORMS == ("batch", "group")
+
+
+def test_mobilenet_v3_small_is_torchvisions_from_a_grayscale_stem() -> None:
+    model = build_model("mobilenet-v3-small", in_channels=1, num_classes=10, seed=0)
+    stem = model.features[0][0]
+    assert (stem.in_channels, stem.out_channels) == (1, 16)
+    assert stem.kernel_size == (3, 3) and stem.stride == (2, 2) and stem.padding == (1, 1)
+    assert stem.bias is None
+    assert model.classifier[3].out_features == 10
+    assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert model.train()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_mobilenet_base_is_a_pure_function_of_the_seed_and_ignores_width() -> None:
+    a = build_model("mobilenet-v3-small", 1, 10, width=64, seed=3)
+    b = build_model("mobilenet-v3-small", 1, 10, width=8, seed=3)
+    c = build_model("mobilenet-v3-small", 1, 10, width=64, seed=4)
+    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), ka
+    assert base_fingerprint(a) == base_fingerprint(b) != base_fingerprint(c)
+    assert not torch.equal(a.features[0][0].weight, c.features[0][0].weight)
+
+
+def test_mobilenet_gets_the_flocora_init_over_torchvisions() -> None:
+    model = build_model("mobilenet-v3-small", 3, 10, seed=0)
+    conv = model.features[9].block[0][0]  # 1x1 expand, 48 -> 288: fan_out = 288
+    expected_std = (2.0 / 288) ** 0.5
+    assert abs(conv.weight.std().item() - expected_std) / expected_std < 0.05
+    norms = [model.get_submodule(n) for n in norm_module_names(model)]
+    assert norms and all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "cnn", "mobilenet-v3-small"])
+def test_group_norm_replaces_every_batchnorm(name: str) -> None:
+    batch = build_model(name, 1, 10, 16, seed=0)
+    group = build_model(name, 1, 10, 16, seed=0, norm="group")
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in group.modules())
+    assert norm_module_names(group) == norm_module_names(batch)
+    norms = [group.get_submodule(n) for n in norm_module_names(group)]
+    assert all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 2 for m in norms)
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
+    assert sum(p.numel() for p in group.parameters()) == sum(p.numel() for p in batch.parameters())
+    assert not list(group.buffers())  # no running statistics
+    assert group(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_group_norm_refuses_channels_it_cannot_split_naming_the_model() -> None:
+    with pytest.raises(ValueError, match=r"'cnn'.*1 channels"):
+        build_model("cnn", 1, 10, width=4, norm="group")  # conv1 has width // 4 = 1 channel
+
+
+def test_unknown_choices_and_missing_pretrained_weights_are_refused() -> None:
+    with pytest.raises(ValueError, match="model 'resnet8' has no pretrained weights"):
+        build_model("resnet8", 3, 10, pretrained=True)
+    with pytest.raises(ValueError, match=r"unknown norm 'layer'.*batch, group"):
+        build_model("resnet8", 3, 10, norm="layer")
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet9", 3, 10)
+
+
+def test_stem_is_the_first_conv_and_the_head_the_last_linear() -> None:
+    model = build_model("mobilenet-v3-small", 1, 10)
+    assert stem_conv_name(model) == "features.0.0"
+    assert head_module_name(model) == "classifier.3"
+    assert stem_conv_name(build_model("resnet8", 3, 10, 8)) == "conv1"

@@ -1,11 +1,19 @@
 """The trainable part of a model and the state that travels: peft LoRA adapters, or the full model.
 
-With LoRA, every Conv2d gets a peft adapter (A: r x C_in x k x k, B: C_out x r x 1 x 1) and the
-norm layers and the head are peft ``modules_to_save`` when they train (FLoCoRA's "mode 2").
-Norm layers are *always* in ``modules_to_save``, so the adapter (and peft's saved files) holds
-their running statistics; those statistics are measured on the global model in the evaluate
-phase rather than sent with training messages. When ``lora-train-norm`` is off the norms'
-affine parameters are frozen and stay off the wire.
+With LoRA, every conv with groups == 1 and every Linear but the head gets a peft adapter (conv:
+A r x C_in x k x k, B C_out x r x 1 x 1); depthwise convs stay frozen (``lora_target_names``).
+What trains besides the adapters is the spec's ``lora_mode``, FLoCoRA's modes (``LORA_MODES``):
+
+* ``lora``: the adapters only;
+* ``lora-norm``: the adapters and the norm layers' affine parameters;
+* ``lora-norm-head``: adapters on every conv, norms and the whole head ("mode 2", the default);
+* ``full-stem``: as ``lora-norm-head``, but the first conv trains in full instead of an adapter.
+
+Trained norms, head and stem are peft ``modules_to_save``, and travel. Norm layers are *always*
+in ``modules_to_save``, so the adapter (and peft's saved files) holds their running statistics;
+those statistics are measured on the global model in the evaluate phase rather than sent with
+training messages. In modes without norms their affine parameters are frozen and stay off the
+wire; in modes without the head it stays the frozen seeded head.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import copy
 import functools
 import json
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,30 +30,71 @@ import torch
 from torch import nn
 
 from flora_app.ml.models import (
+    NORM_TYPES,
+    NORMS,
     base_fingerprint,
     build_model,
-    conv_module_names,
     head_module_name,
     norm_module_names,
+    stem_conv_name,
 )
 
 BASE_SPEC_FILE = "base_model.json"
 
 
 @dataclass(frozen=True)
+class _Placement:
+    """What a ``lora_mode`` trains and exchanges besides the LoRA adapters."""
+
+    norms: bool
+    head: bool
+    full_stem: bool
+
+
+_PLACEMENTS = {
+    "lora": _Placement(norms=False, head=False, full_stem=False),
+    "lora-norm": _Placement(norms=True, head=False, full_stem=False),
+    "lora-norm-head": _Placement(norms=True, head=True, full_stem=False),
+    "full-stem": _Placement(norms=True, head=True, full_stem=True),
+}
+
+# The ``lora_mode`` choices (FLoCoRA's placement modes), the default third.
+LORA_MODES = tuple(_PLACEMENTS)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild the frozen base and its adapters, on any participant."""
+    """Everything needed to rebuild the frozen base and its adapters, on any participant.
+
+    ``norm`` and ``pretrained`` sit with the fields that describe the base, ``lora_mode`` with
+    the adapter's; all three are keyword-only, so positional construction keeps its historical
+    order (model, in_channels, num_classes, width, seed, use_lora, lora_r, lora_alpha).
+    ``lora_mode`` only matters with ``use_lora``.
+    """
 
     model: str
     in_channels: int
     num_classes: int
     width: int
     seed: int
+    norm: str = field(default="batch", kw_only=True)
+    pretrained: bool = field(default=False, kw_only=True)
+    # Side of the square the input is resized to before the network (0: the model's own
+    # default, e.g. 64 for EfficientNet-Lite0; only models with an input adapter take it).
+    image_size: int = field(default=0, kw_only=True)
     use_lora: bool
     lora_r: int = 16
     lora_alpha: float = 256.0
-    train_norm: bool = True
-    train_head: bool = True
+    lora_mode: str = field(default="lora-norm-head", kw_only=True)
+
+    def __post_init__(self) -> None:
+        """Refuse unknown choices here, before any participant builds or caches a model."""
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}: expected one of {', '.join(NORMS)}")
+        if self.lora_mode not in LORA_MODES:
+            raise ValueError(
+                f"unknown lora-mode {self.lora_mode!r}: expected one of {', '.join(LORA_MODES)}"
+            )
 
 
 class StateMismatchError(ValueError):
@@ -54,7 +103,16 @@ class StateMismatchError(ValueError):
 
 @functools.lru_cache(maxsize=4)
 def _cached_base(spec: ModelSpec) -> tuple[nn.Module, str]:
-    base = build_model(spec.model, spec.in_channels, spec.num_classes, spec.width, spec.seed)
+    base = build_model(
+        spec.model,
+        spec.in_channels,
+        spec.num_classes,
+        spec.width,
+        spec.seed,
+        norm=spec.norm,
+        pretrained=spec.pretrained,
+        image_size=spec.image_size,
+    )
     return base, base_fingerprint(base)
 
 
@@ -66,6 +124,30 @@ def base_fingerprint_of(spec: ModelSpec) -> str:
 def base_parameter_count(spec: ModelSpec) -> int:
     """Parameters of the bare architecture (what FedAvg sends, what the papers divide by)."""
     return sum(p.numel() for p in _cached_base(spec)[0].parameters())
+
+
+def lora_target_names(base: nn.Module, lora_mode: str = "lora-norm-head") -> list[str]:
+    """The modules of ``base`` that get a LoRA adapter in ``lora_mode``.
+
+    Every conv with groups == 1 and every Linear except the head (MobileNet's classifier has a
+    hidden Linear); in ``full-stem`` the first conv trains in full instead.
+    """
+    skip = {head_module_name(base)}
+    if _PLACEMENTS[lora_mode].full_stem:
+        skip.add(stem_conv_name(base))
+    # Depthwise and other grouped convs (groups > 1) get no LoRA, deliberately: a rank-r
+    # factorisation of a (C, 1, k, k) depthwise kernel saves nothing (C*k*k parameters against
+    # r*(k*k + C)), and peft's Conv2d LoRA does not reproduce the grouping (its A is a dense
+    # C_in -> r conv, only B is grouped, and r must be a multiple of groups). Their kernels stay
+    # frozen, part of the seeded base.
+    return [
+        name
+        for name, module in base.named_modules()
+        if name not in skip
+        and (
+            isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+        )
+    ]
 
 
 def build_trainable(spec: ModelSpec) -> nn.Module:
@@ -80,26 +162,46 @@ def build_trainable(spec: ModelSpec) -> nn.Module:
         return base
     from peft import LoraConfig, get_peft_model  # heavy import (transformers); only when used
 
-    modules_to_save = list(norm_module_names(base))
-    if spec.train_head:
+    placement = _PLACEMENTS[spec.lora_mode]
+    stem = stem_conv_name(base)
+    modules_to_save = norm_module_names(base)
+    if placement.head:
         modules_to_save.append(head_module_name(base))
     config = LoraConfig(
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=0.0,
-        target_modules=conv_module_names(base),
+        target_modules=lora_target_names(base, spec.lora_mode),
         modules_to_save=modules_to_save,
         bias="none",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed + 1)
         model = get_peft_model(base, config)
-    if not spec.train_norm:
+    if placement.full_stem:
+        _train_in_full(base, stem, model.active_adapter)
+    if not placement.norms:
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.weight.requires_grad_(False)
-                module.bias.requires_grad_(False)
+            if isinstance(module, NORM_TYPES):
+                module.requires_grad_(False)
     return model
+
+
+def _train_in_full(base: nn.Module, name: str, adapter: str) -> None:
+    """Make one module of the (already peft-wrapped) base a ``modules_to_save`` entry by hand.
+
+    Naming it in ``LoraConfig.modules_to_save`` would not do: peft matches those names by
+    suffix, so ResNet's stem ``conv1`` would also catch every block's ``conv1`` and take their
+    adapters away. peft finds its wrappers by type when it builds, saves and loads adapter
+    state, so a hand-made one trains and travels like the configured ones.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    parent_name, _, attr = name.rpartition(".")
+    parent = base.get_submodule(parent_name)
+    wrapper = ModulesToSaveWrapper(getattr(parent, attr), adapter)
+    wrapper.set_adapter(adapter, inference_mode=False)
+    setattr(parent, attr, wrapper)
 
 
 def _full_state(model: nn.Module, spec: ModelSpec) -> dict[str, torch.Tensor]:
@@ -118,14 +220,15 @@ def _is_statistic(name: str) -> bool:
 def exchanged_state(model: nn.Module, spec: ModelSpec) -> OrderedDict[str, np.ndarray]:
     """The tensors that travel in training messages, in a fixed order, as float32 arrays.
 
-    Exactly the trainable tensors: LoRA A and B, and the norm layers and head when they train
-    (all parameters for the full model). BatchNorm running statistics do not travel here: the
-    server measures them on the global model in the evaluate phase (``flora_app.ml.batchnorm``).
+    Exactly the trainable tensors: LoRA A and B, and the norm layers, head and stem when the
+    mode trains them (all parameters for the full model). BatchNorm running statistics do not
+    travel here: the server measures them on the global model in the evaluate phase
+    (``flora_app.ml.batchnorm``); GroupNorm has none.
     """
     state = _full_state(model, spec)
     frozen_norm: set[str] = set()
-    if spec.use_lora and not spec.train_norm:
-        frozen_norm = {f"{n}.{p}" for n in _norm_prefixes(state) for p in ("weight", "bias")}
+    if spec.use_lora and not _PLACEMENTS[spec.lora_mode].norms:
+        frozen_norm = {f"{n}.{p}" for n in _norm_prefixes(model) for p in ("weight", "bias")}
     return OrderedDict(
         (name, tensor.detach().cpu().numpy().astype(np.float32, copy=True))
         for name, tensor in state.items()
@@ -142,8 +245,20 @@ def running_statistics(model: nn.Module, spec: ModelSpec) -> OrderedDict[str, np
     )
 
 
-def _norm_prefixes(state: dict[str, torch.Tensor]) -> set[str]:
-    return {k[: -len(".running_mean")] for k in state if k.endswith(".running_mean")}
+def _norm_prefixes(model: nn.Module) -> set[str]:
+    """Where the norm layers' tensors sit in peft's adapter state.
+
+    peft names a ``modules_to_save`` tensor after its wrapper (``base_model.model.bn1.weight``).
+    Found from the modules rather than from running statistics, so GroupNorm counts too.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    return {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, ModulesToSaveWrapper)
+        and isinstance(module.original_module, NORM_TYPES)
+    }
 
 
 def _check_tensors(
@@ -220,20 +335,57 @@ def save_adapter(model: nn.Module, spec: ModelSpec, directory: Path) -> None:
     (directory / BASE_SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
+# ``base_model.json`` written before ``lora_mode`` held two flags: (train_norm, train_head).
+_LEGACY_MODES = {
+    (False, False): "lora",
+    (True, False): "lora-norm",
+    (True, True): "lora-norm-head",
+}
+
+
+def _spec_from_meta(meta: dict) -> ModelSpec:
+    """The spec ``base_model.json`` records, older files' norm/head flags read as a mode."""
+    flags = (meta.pop("train_norm", None), meta.pop("train_head", None))
+    if flags != (None, None):
+        key = (flags[0] is not False, flags[1] is not False)
+        if key not in _LEGACY_MODES:
+            raise StateMismatchError(
+                "saved spec trains the head but not the norms, which no lora-mode does"
+            )
+        meta["lora_mode"] = _LEGACY_MODES[key]
+    return ModelSpec(**meta)
+
+
 def load_saved_model(directory: Path) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild a model saved by ``save_adapter``: the seeded base plus the saved adapter."""
+    """Rebuild a model saved by ``save_adapter``: the seeded base plus the saved adapter.
+
+    The LoRA model is rebuilt as ``build_trainable`` builds it and the saved tensors must match
+    its adapter state exactly: the stem that ``full-stem`` trains is wrapped by hand, not named
+    in peft's config (see ``_train_in_full``), so only this rebuild restores the same module
+    structure. (peft's ``PeftModel.from_pretrained`` still loads such a file for inference: the
+    trained stem weight lands in the plain stem conv.)
+    """
     meta = json.loads((Path(directory) / BASE_SPEC_FILE).read_text())
     fingerprint = meta.pop("base_fingerprint")
-    spec = ModelSpec(**meta)
+    spec = _spec_from_meta(meta)
     base, local_fingerprint = _cached_base(spec)
     if local_fingerprint != fingerprint:
         raise StateMismatchError(
             f"rebuilt base fingerprint {local_fingerprint} differs from the saved {fingerprint}"
         )
     if spec.use_lora:
-        from peft import PeftModel
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
 
-        model = PeftModel.from_pretrained(copy.deepcopy(base), str(directory))
+        model = build_trainable(spec)
+        saved = load_peft_weights(str(directory), device="cpu")
+        _check_tensors(
+            {k: v.numpy() for k, v in saved.items()},
+            {k: v.detach().cpu().numpy() for k, v in _full_state(model, spec).items()},
+            "saved adapter tensors",
+            partial=False,
+        )
+        set_peft_model_state_dict(model, saved)
     else:
         from safetensors.torch import load_file
 

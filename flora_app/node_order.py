@@ -1,0 +1,100 @@
+"""Same seed, same run: nodes are known to the server by their ``partition-id``, not their id.
+
+Flower's strategies sample with ``random.sample(grid.get_node_ids(), k)``. The seeded global
+``random`` makes the sampled *positions* reproducible, but simulation gives every run fresh
+random node ids in no fixed order, so which partition sat at a position, and so which data
+trained, changed between two runs of the same seed. ``PartitionOrderedGrid`` asks each node
+once for its ``partition-id`` (a ``query`` message its ClientApp answers from its node config)
+and lists nodes in partition order; replies come back in that order too, so the aggregate is
+summed in the same order every run. Deployment keeps the rule for every node that is online
+and answers; one that does not answer is listed after the others, by node id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import WARNING
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+# The query a ClientApp answers with its node config's ``partition-id``.
+ASK_KEY = "flora.ask"
+ASK_PARTITION = "partition-id"
+QUERY_TIMEOUT = 120.0
+
+
+def partition_query() -> RecordDict:
+    return RecordDict({"config": ConfigRecord({ASK_KEY: ASK_PARTITION})})
+
+
+class PartitionOrderedGrid(Grid):
+    """A Grid that lists nodes, and returns replies, in ``partition-id`` order.
+
+    Queries for partition ids go straight to the wrapped grid, so a ``MeteredGrid`` around this
+    one does not count them as round traffic.
+    """
+
+    def __init__(self, grid: Grid, timeout: float = QUERY_TIMEOUT) -> None:
+        self._grid = grid
+        self._timeout = timeout
+        self._partition: dict[int, int] = {}
+        self._silent: set[int] = set()  # asked, no usable answer: ordered last, not re-asked
+
+    def _learn(self, nodes: list[int]) -> None:
+        unknown = [n for n in nodes if n not in self._partition and n not in self._silent]
+        if not unknown:
+            return
+        asks = [
+            self._grid.create_message(partition_query(), "query", node, "partition-id")
+            for node in unknown
+        ]
+        for reply in self._grid.send_and_receive(asks, timeout=self._timeout):
+            node = reply.metadata.src_node_id
+            value = None
+            if not reply.has_error():
+                value = reply.content.get("metrics", {}).get(ASK_PARTITION)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                self._partition[node] = value
+        for node in unknown:
+            if node not in self._partition:
+                self._silent.add(node)
+                log(WARNING, "node %d did not tell its partition-id; it is sampled last", node)
+
+    def _key(self, node: int) -> tuple[int, int, int]:
+        if node in self._partition:
+            return (0, self._partition[node], node)
+        return (1, 0, node)
+
+    def get_node_ids(self) -> Iterable[int]:
+        nodes = list(self._grid.get_node_ids())
+        self._learn(nodes)
+        return sorted(nodes, key=self._key)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        return sorted(replies, key=lambda m: self._key(m.metadata.src_node_id))
+
+    # --- the rest of the Grid API, delegated ----------------------------------------------
+    def set_run(self, run):  # type: ignore[no-untyped-def]
+        return self._grid.set_run(run)
+
+    @property
+    def run(self):  # type: ignore[no-untyped-def]
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:  # type: ignore[no-untyped-def]
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_nodes(self):  # type: ignore[no-untyped-def]
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self._grid.pull_messages(message_ids))
+        return sorted(replies, key=lambda m: self._key(m.metadata.src_node_id))

@@ -26,7 +26,7 @@ from flora_app.checkpoint import (
 )
 from flora_app.config import ConfigError, FloraConfig
 from flora_app.metering import MeteredGrid
-from flora_app.ml.data import load_dataset
+from flora_app.ml.data import DatasetUnavailableError, load_dataset
 from flora_app.ml.lora import (
     base_fingerprint_of,
     base_parameter_count,
@@ -53,7 +53,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg = FloraConfig.from_run_config(context.run_config)
         resume = resume_point(cfg)
-    except ConfigError as exc:
+        load_dataset(data_spec(cfg))  # a missing dataset stops the run here, before training
+    except (ConfigError, DatasetUnavailableError) as exc:
         # One readable line first; re-raising marks the run as failed in Flower (a SystemExit
         # would be recorded as a normal finish).
         log(ERROR, "flora: %s", exc)

@@ -211,6 +211,9 @@ def _flasc(density: float) -> dict[str, Any]:
 FMNIST_SWEEP: tuple[SweepConfig, ...] = (
     SweepConfig("fedavg", {"strategy": "fedavg"}, seeds=3),
     SweepConfig("fedlora", {"strategy": "fedlora"}, seeds=3),
+    # What GroupNorm (the authors' choice, every other ResNet row) changes against BatchNorm
+    # with flora's federated BatchNorm statistics.
+    SweepConfig("fedlora-batchnorm", {"strategy": "fedlora", "norm": "batch"}),
     SweepConfig("flocora-q8", _flocora(8)),
     SweepConfig("flocora-q4", _flocora(4), seeds=3),
     SweepConfig("flocora-q2", _flocora(2)),
@@ -238,11 +241,12 @@ PRESETS: dict[str, BenchPreset] = {
     ),
     "cifar10-paper": BenchPreset(
         "cifar10-paper",
-        {**_COMMON, "dataset": "cifar10", "num-server-rounds": 100},
+        # GroupNorm(2, C), as every run in the FLoCoRA authors' script.
+        {**_COMMON, "dataset": "cifar10", "num-server-rounds": 100, "norm": "group"},
         supernodes=100,
         target_accuracy=0.7,
         env={"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"},
-        summary="CIFAR-10, ResNet-8 w64, 100 clients, 10/round, Dirichlet 0.5, 5 local "
+        summary="CIFAR-10, ResNet-8 w64 GroupNorm, 100 clients, 10/round, Dirichlet 0.5, 5 local "
         "epochs, 100 rounds (FLoCoRA); CUDA when present",
     ),
     "cpu-fmnist": BenchPreset(
@@ -529,14 +533,26 @@ def federation(config: dict[str, Any], supernodes: int) -> str:
 
 
 def load_groups(out: Path) -> tuple[list[Group], dict[str, Any]]:
-    """A results folder's configurations (runs and memory probe) and its ``bench.json``."""
+    """A results folder's configurations (runs and memory probe) and its ``bench.json``.
+
+    Only complete runs (with ``summary.json``) count, so the report of a sweep that is still
+    going, or was stopped to resume later, shows what is done; ``meta["planned_runs"]`` and
+    ``meta["complete_runs"]`` say how much that is.
+    """
     meta = json.loads((out / "bench.json").read_text())
     groups = []
+    planned = complete = 0
     for entry in meta["configs"]:
-        runs = [Run.load(out / "runs" / name) for name in entry["runs"]]
+        planned += len(entry["runs"])
+        done = [n for n in entry["runs"] if (out / "runs" / n / "summary.json").exists()]
+        complete += len(done)
+        if not done:
+            continue
+        runs = [Run.load(out / "runs" / name) for name in done]
         memory_file = out / "memory" / f"{memory_key(runs[0].config)}.json"
         memory = json.loads(memory_file.read_text()) if memory_file.exists() else None
         groups.append(Group(entry["name"], runs, memory))
+    meta["planned_runs"], meta["complete_runs"] = planned, complete
     return groups, meta
 
 
@@ -568,6 +584,15 @@ def build_report(
             f"- machine: {meta['machine']}",
             f"- started {meta['started']}; sweep wall time {sum(walls.values()) / 60:.1f} min "
             f"({len(walls)} runs, each with its flwr run start-up)",
+            *(
+                [
+                    f"- **partial**: {meta['complete_runs']} of {meta['planned_runs']} planned "
+                    "runs are complete (the sweep resumes where it stopped); rows show the "
+                    "seeds done so far"
+                ]
+                if meta["complete_runs"] < meta["planned_runs"]
+                else []
+            ),
         ]
     )
     return write_report(out, groups, target, header, reference, byte_reference)

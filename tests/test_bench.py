@@ -374,7 +374,7 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
         "effnet-pt-flasc-d10",
     }
     names = [c.name for c in preset.sweep]
-    assert headline < set(names) and len(names) == 13
+    assert headline < set(names) and len(names) == 14
 
     def counts(floor: int) -> dict[str, int]:
         jobs = plan(preset, list(preset.sweep), floor, {}, tmp_path)
@@ -579,3 +579,23 @@ def test_training_runs_where_flora_device_says(monkeypatch: pytest.MonkeyPatch) 
     assert select_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setenv("FLORA_DEVICE", "cpu")
     assert select_device() == torch.device("cpu")
+
+
+def test_a_partial_sweep_reports_the_complete_runs_and_says_it_is_partial(tmp_path: Path) -> None:
+    """A sweep stopped half-way (to resume later) still gets a report of what is done."""
+    from flora_tools.bench import build_report, load_groups
+
+    src = Path(__file__).resolve().parent.parent / "benchmarks" / "cpu-digits"
+    out = tmp_path / "partial"
+    shutil.copytree(src, out)
+    meta = json.loads((out / "bench.json").read_text())
+    first = meta["configs"][0]
+    first["runs"].append("never-ran-s1")  # planned, not run
+    meta["configs"].append({"name": "not-started", "runs": ["not-started-s0"]})
+    (out / "bench.json").write_text(json.dumps(meta))
+    groups, meta = load_groups(out)
+    assert [g.name for g in groups] == [c["name"] for c in meta["configs"][:-1]]
+    assert len(groups[0].runs) == 1
+    assert meta["complete_runs"] == meta["planned_runs"] - 2
+    report = build_report(out, reference="fedlora-r16").read_text()
+    assert f"{meta['complete_runs']} of {meta['planned_runs']} planned runs" in report

@@ -171,3 +171,16 @@ def test_the_same_seed_gives_the_same_run(tmp_path: Path, strategy: str) -> None
     a, b = _without_timing(first), _without_timing(second)
     assert len(a) == 3
     assert a == b
+
+
+def test_a_missing_dataset_fails_the_run_with_one_line_before_training(tmp_path: Path) -> None:
+    missing = tmp_path / "no-fashion-mnist-here"
+    _, log = _run(
+        tmp_path,
+        f"dataset='fashion-mnist' dataset-source='{missing}' model='cnn' num-server-rounds=1",
+        supernodes=2,
+        expect_ok=False,
+    )
+    line = next(x for x in log.splitlines() if "flora: dataset 'fashion-mnist'" in x)
+    assert "dataset-fashion-mnist" in line and str(missing) in line
+    assert "round 1/" not in log  # nothing trained

@@ -273,7 +273,9 @@ PRESETS: dict[str, BenchPreset] = {
             "lora-alpha": 64.0,
         },
         supernodes=100,
-        target_accuracy=0.75,
+        # 20 rounds do not reach a plateau on 2 cores (fedavg 64 %, fedlora 49 % at seed 0):
+        # the target is one most rows reach, so "MB to target" compares them.
+        target_accuracy=0.45,
         summary="Fashion-MNIST, ResNet-8 w16 GroupNorm and pretrained EfficientNet-Lite0, "
         "100 clients, 10/round, Dirichlet 0.5",
         sweep=FMNIST_SWEEP,

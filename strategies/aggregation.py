@@ -173,12 +173,14 @@ def sampled_aggregator(
     aggregation: str,
     trim_fraction: float,
     over_selection: float,
+    build: Callable[..., FedAvg] = combiner,
     **sampling: Any,
 ) -> OverSelection:
-    """The strategy beneath a compression wrapper: ``strategy`` if given (any Flower strategy),
-    else ``combiner(aggregation, ...)`` built from the sampling arguments; over-selecting."""
+    """The strategy beneath a compression wrapper, over-selecting: ``strategy`` if given (any
+    Flower strategy), else ``build(aggregation=..., trim_fraction=..., **sampling)`` (a
+    combiner, or FLASC's server optimizer over one)."""
     if strategy is None:
-        strategy = combiner(aggregation, trim_fraction, **sampling)
+        strategy = build(aggregation=aggregation, trim_fraction=trim_fraction, **sampling)
     elif aggregation != "mean":
         raise ValueError(
             f"aggregation = {aggregation!r} with strategy = {type(strategy).__name__}: "

@@ -9,6 +9,8 @@ carry the dense global (fp32), as FLASC evaluates it.
 
 from __future__ import annotations
 
+from functools import partial
+
 from flwr.serverapp.strategy import Strategy
 
 from strategies.aggregation import sampled_aggregator
@@ -83,28 +85,26 @@ class FLASC(CompressionStrategy):
         over_selection: float = 0.0,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
     ) -> None:
-        if strategy is None:
-            strategy = build_server_optimizer(
-                server_optimizer,
-                lr=server_lr,
-                lr_schedule=server_lr_schedule,
-                eps=server_eps,
-                beta1=server_beta1,
-                beta2=server_beta2,
-                aggregation=aggregation,
-                trim_fraction=trim_fraction,
-                fraction_train=fraction_train,
-                fraction_evaluate=fraction_evaluate,
-                min_train_nodes=min_train_nodes,
-                min_evaluate_nodes=min_evaluate_nodes,
-                min_available_nodes=min_available_nodes,
-            )
-            aggregation = "mean"  # already inside the optimizer's class
+        optimizer = partial(
+            build_server_optimizer,
+            server_optimizer,
+            lr=server_lr,
+            lr_schedule=server_lr_schedule,
+            eps=server_eps,
+            beta1=server_beta1,
+            beta2=server_beta2,
+        )
         inner = sampled_aggregator(
             strategy,
             aggregation=aggregation,
             trim_fraction=trim_fraction,
             over_selection=over_selection,
+            build=optimizer,
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
         )
         factor = schedule_factor(density_schedule)
 

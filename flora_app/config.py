@@ -24,6 +24,9 @@ from flora_app.ml.models import MODELS, NORMS, PRETRAINED_MODELS
 from strategies.codecs.names import GRANULARITIES, METAS, SPARSITY_SCOPES, VALUE_BITS
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
+# What a value width means (quant-bits, quant-bits-down, sparse-value-bits).
+VALUE_BITS_MEANING = "1..8 affine, 16 fp16, 32 fp32"
+
 # The ``strategy`` choices (``flora_app.strategy_factory`` builds each). ``fedavg`` trains and
 # exchanges the whole model; the others a frozen base plus LoRA adapters.
 STRATEGIES = ("fedavg", "fedlora", "flocora", "flasc")
@@ -66,14 +69,16 @@ class Range:
     def text(self, integer: bool) -> str:
         if self.high is None and self.low is not None:
             kind = "an integer" if integer else "a number"
-            return f"{kind} {'>' if self.low_open else '>='} {_num(self.low)}"
+            return f"{kind} {'>' if self.low_open else '>='} {self.low!r}"
         left = "(" if self.low_open else "["
         right = ")" if self.high_open else "]"
-        return f"a number in {left}{_num(self.low)}, {_num(self.high)}{right}"
+        return f"a number in {left}{self.low!r}, {self.high!r}{right}"
 
 
-def _num(value: float | None) -> str:
-    return repr(value)
+def range_text(f: dataclasses.Field) -> str:
+    """What a key's range allows, in words ("an integer >= 1" for integer keys)."""
+    integer = isinstance(f.default, int) and not isinstance(f.default, bool)
+    return f.metadata["range"].text(integer)
 
 
 def key(
@@ -118,10 +123,7 @@ class Section:
                     f"run-config '{name}' = {value!r}: expected one of {allowed}{why}"
                 )
             if within is not None and not within.holds(value):
-                integer = isinstance(f.default, int) and not isinstance(f.default, bool)
-                raise ConfigError(
-                    f"run-config '{name}' = {value!r}: expected {within.text(integer)}{why}"
-                )
+                raise ConfigError(f"run-config '{name}' = {value!r}: expected {range_text(f)}{why}")
         self.check()
 
     def check(self) -> None:
@@ -265,15 +267,15 @@ class CompressionSection(Section):
     title: ClassVar[str] = "Compression"
     quant_bits: int = key(
         8,
-        "flocora uplink value width: 1..8 affine, 16 fp16, 32 fp32",
+        f"flocora uplink value width: {VALUE_BITS_MEANING}",
         choices=VALUE_BITS,
-        why=" (1..8 affine, 16 fp16, 32 fp32)",
+        why=f" ({VALUE_BITS_MEANING})",
     )
     quant_bits_down: int = key(
         32,
         "flocora downlink value width, as quant-bits",
         choices=VALUE_BITS,
-        why=" (1..8 affine, 16 fp16, 32 fp32)",
+        why=f" ({VALUE_BITS_MEANING})",
     )
     quant_granularity: str = key(
         "channel", "one affine scale per output channel or per tensor", choices=GRANULARITIES
@@ -297,7 +299,7 @@ class CompressionSection(Section):
         32,
         "flasc uplink value width, as quant-bits",
         choices=VALUE_BITS,
-        why=" (1..8 affine, 16 fp16, 32 fp32)",
+        why=f" ({VALUE_BITS_MEANING})",
     )
 
     def check(self) -> None:

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from flora_app.config import SECTIONS, Range, run_config_key
+from flora_app.config import SECTIONS, range_text, run_config_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs" / "configuration.md"
@@ -39,9 +39,8 @@ def _allowed(f: dataclasses.Field) -> str:
     choices, within = f.metadata.get("choices"), f.metadata.get("range")
     if choices is not None:
         return ", ".join(f"`{c}`" for c in choices)
-    if isinstance(within, Range):
-        integer = isinstance(f.default, int) and not isinstance(f.default, bool)
-        return within.text(integer)
+    if within is not None:
+        return range_text(f)
     if isinstance(f.default, bool):
         return "`true`, `false`"
     return "a string"

@@ -23,8 +23,7 @@ from flora_app.ml.lora import (
 )
 from flora_app.ml.training import evaluate as evaluate_model
 from flora_app.ml.training import train as train_model
-from flora_app.node_order import ASK_KEY, ASK_PARTITION
-from flora_app.task import load_client_data, model_spec, partition_of
+from flora_app.task import ASK_KEY, ASK_PARTITION, load_client_data, model_spec, partition_of
 from strategies.mod import compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
 

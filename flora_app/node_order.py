@@ -19,9 +19,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-# The query a ClientApp answers with its node config's ``partition-id``.
-ASK_KEY = "flora.ask"
-ASK_PARTITION = "partition-id"
+from flora_app.task import ASK_KEY, ASK_PARTITION
+
 QUERY_TIMEOUT = 120.0
 
 

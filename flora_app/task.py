@@ -10,6 +10,12 @@ from flora_app.config import FloraConfig
 from flora_app.ml.data import Dataset, DataSpec, Split, client_splits, load_dataset
 from flora_app.ml.lora import ModelSpec
 
+# The query a ClientApp answers with its node config's ``partition-id`` (the server asks it
+# once per node, ``flora_app.node_order``); here, beside ``partition_of``, so the ClientApp
+# knows it without importing server code.
+ASK_KEY = "flora.ask"
+ASK_PARTITION = "partition-id"
+
 
 class NodeConfigError(ValueError):
     """A SuperNode was started without the node config this app needs."""

@@ -64,6 +64,7 @@ def test_the_client_app_imports_no_strategy_class() -> None:
         }
         assert not strategy_modules, f"flora_app/{name} imports {sorted(strategy_modules)}"
         assert "flora_app.strategy_factory" not in imported
+        assert "flora_app.node_order" not in imported  # server-side grid code
 
 
 def test_no_class_is_created_with_type_at_run_time() -> None:

@@ -47,7 +47,8 @@ class Checkpoint:
 
 
 def capture_rng() -> tuple[Any, Any]:
-    """The global RNG states the server draws from (Flower samples nodes with ``random``)."""
+    """The global RNG states, for whatever on the server still draws from them (flora's own
+    node sampling needs none: each round's sample is a function of the seed and the round)."""
     state = np.random.get_state()
     return random.getstate(), [state[0], state[1].tolist(), *state[2:]]
 

@@ -88,8 +88,8 @@ def resume_point(cfg: FloraConfig) -> Checkpoint | None:
 
 def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
     """The whole federated run on ``grid``; returns the summary (also in ``summary.json``)."""
-    # Flower's strategies sample nodes with the global ``random``; seeding it makes the
-    # sequence of sampled nodes a function of ``seed`` too (a resumed run restores it).
+    # flora's strategies sample nodes from ``seed`` themselves (strategies.node_sampling); the
+    # global generators are seeded as well for anything else that draws from them.
     random.seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
     dataset = load_dataset(data_spec(cfg))

@@ -14,8 +14,10 @@ from strategies import FLASC, CompressionStrategy, FedLoRA, FLoCoRA
 
 
 def _sampling(cfg: FloraConfig) -> dict[str, Any]:
-    """Node sampling: as few as one node may train or evaluate; rounds wait for two online."""
+    """Node sampling, seeded by the run's seed: as few as one node may train or evaluate;
+    rounds wait for two online."""
     return {
+        "seed": cfg.run.seed,
         "fraction_train": cfg.run.fraction_train,
         "fraction_evaluate": cfg.run.fraction_evaluate,
         "min_train_nodes": 1,

@@ -16,7 +16,7 @@ from strategies.fedlora import FedLoRA
 from strategies.flasc import FLASC
 from strategies.flocora import FLoCoRA
 from strategies.mod import compression_mod
-from strategies.over_selection import OverSelection
+from strategies.node_sampling import NodeSampling
 from strategies.round_offset import RoundOffset
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "CompressionStrategy",
     "FLoCoRA",
     "FedLoRA",
-    "OverSelection",
+    "NodeSampling",
     "RoundOffset",
     "compression_mod",
 ]

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from strategies.over_selection import OverSelection
+from strategies.node_sampling import NodeSampling
 from strategies.schedules import schedule_factor
 
 # The ``aggregation`` choices: coordinate-wise combiners of the decoded replies.
@@ -173,12 +173,14 @@ def sampled_aggregator(
     aggregation: str,
     trim_fraction: float,
     over_selection: float,
+    seed: int | None = None,
     build: Callable[..., FedAvg] = combiner,
     **sampling: Any,
-) -> OverSelection:
-    """The strategy beneath a compression wrapper, over-selecting: ``strategy`` if given (any
-    Flower strategy), else ``build(aggregation=..., trim_fraction=..., **sampling)`` (a
-    combiner, or FLASC's server optimizer over one)."""
+) -> NodeSampling:
+    """The strategy beneath a compression wrapper, sampling nodes from ``seed`` and
+    over-selecting: ``strategy`` if given (any Flower strategy), else
+    ``build(aggregation=..., trim_fraction=..., **sampling)`` (a combiner, or FLASC's server
+    optimizer over one)."""
     if strategy is None:
         strategy = build(aggregation=aggregation, trim_fraction=trim_fraction, **sampling)
     elif aggregation != "mean":
@@ -186,4 +188,4 @@ def sampled_aggregator(
             f"aggregation = {aggregation!r} with strategy = {type(strategy).__name__}: "
             "give one of them; the given strategy already aggregates"
         )
-    return OverSelection(strategy, over_selection)
+    return NodeSampling(strategy, seed=seed, over_selection=over_selection)

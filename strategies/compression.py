@@ -14,9 +14,10 @@ Every training reply is validated before the inner strategy sees it (``strategie
 plus the codec's own checks); one that fails becomes an error reply, which Flower's strategies
 skip, so the aggregate of the others is exactly what it would have been without it.
 
-It does this one job. Over-selection (``strategies.over_selection``), a resumed run's round
-numbering (``strategies.round_offset``) and the server optimizer's checkpoint state
-(``strategies.optimizer_state``) are their own pieces, composed around or beneath it.
+It does this one job. Node sampling and over-selection (``strategies.node_sampling``), a
+resumed run's round numbering (``strategies.round_offset``) and the server optimizer's
+checkpoint state (``strategies.optimizer_state``) are their own pieces, composed around or
+beneath it.
 """
 
 from __future__ import annotations

@@ -34,7 +34,10 @@ class FedLoRA(CompressionStrategy):
         arguments above that build one are not used and ``aggregation`` must stay ``mean``.
     over_selection : float (default: 0.0)
         Share of extra nodes sampled per training round; the first ``fraction_train``'s worth
-        of valid replies in sampling order are aggregated (``strategies.over_selection``).
+        of valid replies in sampling order are aggregated (``strategies.node_sampling``).
+    seed : int | None (default: None)
+        Seeds which nodes each round samples, from a generator of the strategy's own (Flower's
+        global ``random`` is shared with its heartbeat thread). None draws a seed at random.
     max_num_examples : int (default: 1,000,000)
         The largest ``num-examples`` a reply may claim before it is rejected.
     """
@@ -51,6 +54,7 @@ class FedLoRA(CompressionStrategy):
         trim_fraction: float = 0.2,
         strategy: Strategy | None = None,
         over_selection: float = 0.0,
+        seed: int | None = None,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
     ) -> None:
         inner = sampled_aggregator(
@@ -58,6 +62,7 @@ class FedLoRA(CompressionStrategy):
             aggregation=aggregation,
             trim_fraction=trim_fraction,
             over_selection=over_selection,
+            seed=seed,
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
             min_train_nodes=min_train_nodes,

@@ -53,7 +53,7 @@ class FLASC(CompressionStrategy):
     aggregation : str (default: "mean")
         What the optimizer steps on: the ``mean``, ``median`` or ``trimmed-mean`` of the
         updates (FLASC's is the mean).
-    trim_fraction, over_selection, max_num_examples
+    trim_fraction, over_selection, seed, max_num_examples
         As in ``FedLoRA``.
     strategy : Strategy | None (default: None)
         A Flower strategy to use instead of the server optimizer built from the arguments above.
@@ -83,6 +83,7 @@ class FLASC(CompressionStrategy):
         trim_fraction: float = 0.2,
         strategy: Strategy | None = None,
         over_selection: float = 0.0,
+        seed: int | None = None,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
     ) -> None:
         optimizer = partial(
@@ -99,6 +100,7 @@ class FLASC(CompressionStrategy):
             aggregation=aggregation,
             trim_fraction=trim_fraction,
             over_selection=over_selection,
+            seed=seed,
             build=optimizer,
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,

@@ -36,7 +36,7 @@ class FLoCoRA(CompressionStrategy):
         (the paper's). An update has a smaller range, so the same bits lose less.
     error_feedback : bool (default: False)
         Clients carry their quantization residual into their next reply (not in the paper).
-    aggregation, trim_fraction, strategy, over_selection, max_num_examples
+    aggregation, trim_fraction, strategy, over_selection, seed, max_num_examples
         As in ``FedLoRA``: what combines the dequantized replies, and which replies count.
     """
 
@@ -58,6 +58,7 @@ class FLoCoRA(CompressionStrategy):
         trim_fraction: float = 0.2,
         strategy: Strategy | None = None,
         over_selection: float = 0.0,
+        seed: int | None = None,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
     ) -> None:
         inner = sampled_aggregator(
@@ -65,6 +66,7 @@ class FLoCoRA(CompressionStrategy):
             aggregation=aggregation,
             trim_fraction=trim_fraction,
             over_selection=over_selection,
+            seed=seed,
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
             min_train_nodes=min_train_nodes,

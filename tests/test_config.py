@@ -91,8 +91,9 @@ def test_strategy_class_defaults_equal_the_run_config_defaults(strategy_class: s
 
     run_config = FloraConfig().to_run_config()
     params = inspect.signature(getattr(strategies, strategy_class)).parameters
-    # Node sampling keeps Flower's FedAvg defaults (every node); `strategy` is the class argument.
-    flower_sampling = {"fraction_train", "fraction_evaluate", "strategy"}
+    # Node sampling keeps Flower's FedAvg defaults (every node, a fresh sample each run: seed
+    # None); `strategy` is the class argument.
+    flower_sampling = {"fraction_train", "fraction_evaluate", "seed", "strategy"}
     matched = [
         name
         for name in params

@@ -1,10 +1,13 @@
-"""``over-selection``: sample more nodes than ``fraction-train`` asks for, aggregate exactly the
-first ``fraction-train``'s worth of valid replies in sampling order, whatever was rejected."""
+"""Node sampling: each round's sample is a function of the seed and the round alone, whatever
+else draws from Python's global ``random``; ``over-selection`` samples more nodes than
+``fraction-train`` asks for and aggregates exactly the first ``fraction-train``'s worth of valid
+replies in sampling order, whatever was rejected."""
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from flora_app.config import ConfigError, FloraConfig
 from flora_app.server_app import run
-from strategies import OverSelection
+from strategies import FLASC, FedLoRA, FLoCoRA, NodeSampling
 from strategies.chain import innermost, take_round_metrics
 from strategies.codecs import codec_spec
 from strategies.compression import CompressionStrategy
@@ -32,20 +35,108 @@ class _Grid:
         return list(range(100, 110))
 
 
-def _configure(strategy: CompressionStrategy, global_arrays: OrderedDict) -> list[int]:
-    """Run the real configure_train; the node ids it sampled, in order."""
+def _configure(
+    strategy: CompressionStrategy,
+    global_arrays: OrderedDict,
+    server_round: int = 1,
+    kind: str = "train",
+) -> list[int]:
+    """Run the real configure_train (or _evaluate); the node ids it sampled, in order."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    messages = strategy.configure_train(
-        1, numpy_to_record(global_arrays), ConfigRecord({"lr": 0.1}), _Grid()
+    configure = getattr(strategy, f"configure_{kind}")
+    messages = configure(
+        server_round, numpy_to_record(global_arrays), ConfigRecord({"lr": 0.1}), _Grid()
     )
     return [m.metadata.dst_node_id for m in messages]
 
 
-def _strategy(over_selection: float) -> CompressionStrategy:
-    inner = FedAvg(fraction_train=0.3, min_available_nodes=1, min_train_nodes=1)
-    return CompressionStrategy(OverSelection(inner, over_selection), "fp32", Q4)
+def _strategy(over_selection: float, seed: int = 0) -> CompressionStrategy:
+    inner = FedAvg(
+        fraction_train=0.3,
+        fraction_evaluate=0.5,
+        min_available_nodes=1,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+    )
+    sampling = NodeSampling(inner, seed=seed, over_selection=over_selection)
+    return CompressionStrategy(sampling, "fp32", Q4)
+
+
+def _samples(seed: int, rounds: int = 6) -> list[tuple[list[int], list[int]]]:
+    strategy = _strategy(0.0, seed)
+    return [
+        (
+            _configure(strategy, make_arrays(0), r),
+            _configure(strategy, make_arrays(0), r, "evaluate"),
+        )
+        for r in range(1, rounds + 1)
+    ]
+
+
+def test_the_sample_follows_the_seed_not_the_global_random() -> None:
+    """Flower's heartbeat thread draws from the global ``random`` at times that depend on load;
+    here a thread draws from it without pause while the rounds are sampled."""
+    random.seed(1)
+    quiet = _samples(seed=5)
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.is_set():
+            random.random()
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        random.seed(2)
+        busy = _samples(seed=5)
+    finally:
+        stop.set()
+        thread.join()
+    assert busy == quiet
+    assert all(len(t) == 3 and len(e) == 5 for t, e in quiet)  # fractions 0.3 and 0.5 of 10
+    assert len({tuple(t) for t, _ in quiet}) > 1  # rounds differ from one another
+    assert _samples(seed=6) != quiet  # and so do seeds
+
+
+def test_a_resumed_run_samples_what_the_whole_run_samples() -> None:
+    """No generator state to restore: round r's sample depends on the seed and r only."""
+    whole = _samples(seed=9, rounds=5)
+    strategy = _strategy(0.0, 9)
+    resumed = [
+        (
+            _configure(strategy, make_arrays(0), r),
+            _configure(strategy, make_arrays(0), r, "evaluate"),
+        )
+        for r in (4, 5)
+    ]
+    assert resumed == whole[3:]
+
+
+def test_sampling_leaves_the_inner_strategy_s_settings_alone() -> None:
+    strategy = _strategy(1.0)
+    _configure(strategy, make_arrays(0))
+    _configure(strategy, make_arrays(0), kind="evaluate")
+    inner = innermost(strategy)
+    assert (inner.fraction_train, inner.fraction_evaluate, inner.min_available_nodes) == (
+        0.3,
+        0.5,
+        1,
+    )
+
+
+@pytest.mark.parametrize("build", [FedLoRA, FLoCoRA, FLASC])
+def test_each_strategy_passes_its_seed_to_the_sampling(build: type) -> None:
+    strategy = build(fraction_train=0.3, min_available_nodes=1, seed=11)
+    assert strategy.strategy.seed == 11  # type: ignore[attr-defined]
+    assert isinstance(strategy.strategy, NodeSampling)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_a_bad_seed_is_refused_with_its_value(seed: object) -> None:
+    with pytest.raises(ValueError, match="seed = "):
+        NodeSampling(FedAvg(), seed=seed)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("over", "sampled"), [(0.0, 3), (0.4, 4), (1.0, 6), (5.0, 10)])
@@ -61,7 +152,6 @@ def test_over_selection_enlarges_the_sample_and_restores_the_fraction(
 def test_the_first_valid_replies_in_sampling_order_are_aggregated_exactly(
     warnings_log: list[str],
 ) -> None:
-    random.seed(3)
     strategy = _strategy(1.0)  # target 3 of 10, sample 6
     order = _configure(strategy, make_arrays(0))
     assert len(order) == 6

@@ -71,6 +71,7 @@ def train(msg: Message, context: Context) -> Message:
         seed=int(
             np.random.SeedSequence([cfg.run.seed, server_round, partition]).generate_state(1)[0]
         ),
+        frozen_batchnorm=cfg.model.batchnorm_stats == "frozen",
     )
     content = RecordDict(
         {
@@ -87,10 +88,12 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     Besides validation metrics, the reply carries the BatchNorm moments of the received global
     model on this node's training data (``bn-stats``), which the server pools into exact
-    statistics for the global model (see ``flora_app.ml.batchnorm``).
+    statistics for the global model (see ``flora_app.ml.batchnorm``); none when they are frozen.
     """
-    _, _, train_split, val_split, spec, model = _prepare(msg, context)
-    measured = measure_batchnorm_statistics(model, train_split)
+    cfg, _, train_split, val_split, spec, model = _prepare(msg, context)
+    measured = cfg.model.batchnorm_stats == "measured" and measure_batchnorm_statistics(
+        model, train_split
+    )
     loss, accuracy = evaluate_model(model, val_split)
     content = RecordDict(
         {

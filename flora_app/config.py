@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from flora_app.ml.batchnorm import BATCHNORM_STATS
 from flora_app.ml.data import DATASETS, PARTITIONERS
 from flora_app.ml.lora import LORA_MODES
 from flora_app.ml.models import MODELS, NORMS, PRETRAINED_MODELS
@@ -209,6 +210,13 @@ class ModelSection(Section):
         choices=NORMS,
     )
     pretrained: bool = key(False, "start from the model's published ImageNet weights")
+    batchnorm_stats: str = key(
+        "measured",
+        "BatchNorm statistics: measured on each round's global model and pooled exactly "
+        "(measured), or the model's initial ones kept throughout, local training included "
+        "(frozen; for pretrained models on non-IID clients)",
+        choices=BATCHNORM_STATS,
+    )
     image_size: int = key(
         0,
         "side the input is resized to before efficientnet-lite0 (0: its default, 64; at least "
@@ -232,6 +240,12 @@ class ModelSection(Section):
             raise ConfigError(
                 f"run-config 'image-size' = {self.image_size}: expected 0 or at least 32 "
                 "(EfficientNet-Lite0 has five stride-2 stages)"
+            )
+        if self.batchnorm_stats == "frozen" and self.norm != "batch":
+            raise ConfigError(
+                f"run-config 'batchnorm-stats' = 'frozen' with norm = {self.norm!r}: only "
+                "BatchNorm has statistics to freeze; use norm='batch' or batchnorm-stats="
+                "'measured'"
             )
         if self.pretrained and self.norm != "batch":
             raise ConfigError(

@@ -192,12 +192,15 @@ def _model_settings(config: dict[str, Any], base: dict[str, Any] | None) -> list
         config.get("model") != base.get("model") or base.get("pretrained")
     ):
         parts.append("from scratch")
+    if config.get("batchnorm-stats") == "frozen":
+        parts.append("frozen BN statistics")
     return parts
 
 
 def settings(config: dict[str, Any], base: dict[str, Any] | None = None) -> str:
     """The distinguishing settings of a run, from its resolved ``config.json``; model keys
-    (model, width, norm, LoRA mode, pretrained) where they differ from ``base``. Keys are read
+    (model, width, norm, LoRA mode, pretrained, frozen BatchNorm statistics) where they differ
+    from ``base``. Keys are read
     with ``.get`` so folders from before ``norm`` / ``pretrained`` / ``lora-mode`` still load."""
     strategy = config["strategy"]
     prefix = ", ".join(_model_settings(config, base))

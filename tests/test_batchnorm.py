@@ -70,3 +70,54 @@ def test_statistics_stay_out_of_training_messages_and_load_checked() -> None:
         load_running_statistics(model, spec, {key: -np.ones_like(stats[key])})
     with pytest.raises(StateMismatchError, match="unexpected"):
         load_running_statistics(model, spec, {"bn9.running_var": stats[key]})
+
+
+def _trained(frozen: bool) -> tuple[ModelSpec, torch.nn.Module, dict, float]:
+    from flora_app.ml.data import Augment
+    from flora_app.ml.training import train
+
+    spec = ModelSpec("cnn", 1, 10, 16, seed=0, use_lora=True, lora_r=4, lora_alpha=8.0)
+    model = build_trainable(spec)
+    before = running_statistics(model, spec)
+    split = Split(torch.randn(40, 1, 8, 8) * 3 + 1, torch.randint(0, 10, (40,)))
+    loss = train(model, split, 1, 8, 0.05, 0.9, Augment(), seed=1, frozen_batchnorm=frozen)
+    return spec, model, before, loss
+
+
+def test_frozen_statistics_stay_as_they_were_through_local_training() -> None:
+    spec, model, before, _ = _trained(frozen=True)
+    after = running_statistics(model, spec)
+    assert before.keys() == after.keys() and before
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name])
+    # ... while measured ones move, so the comparison above could fail
+    spec, model, before, _ = _trained(frozen=False)
+    after = running_statistics(model, spec)
+    assert any(not np.array_equal(after[n], before[n]) for n in before)
+
+
+def test_frozen_batchnorm_normalises_with_the_running_statistics_in_training() -> None:
+    """In train mode with frozen norms the model is the eval-mode function: batch statistics
+    play no part, so two halves of one batch get the outputs they get alone."""
+    from flora_app.ml.batchnorm import freeze_batchnorm_statistics
+
+    spec = ModelSpec("cnn", 1, 10, 16, seed=0, use_lora=True, lora_r=4, lora_alpha=8.0)
+    model = build_trainable(spec)
+    x = torch.randn(16, 1, 8, 8) * 3 + 1
+    model.train()
+    assert freeze_batchnorm_statistics(model) > 0
+    with torch.no_grad():
+        whole, half = model(x), model(x[:8])
+        model.eval()
+        evaluated = model(x)
+    torch.testing.assert_close(whole[:8], half)
+    torch.testing.assert_close(whole, evaluated)
+
+
+def test_frozen_statistics_need_batchnorm() -> None:
+    from flora_app.config import ConfigError, FloraConfig
+
+    with pytest.raises(ConfigError, match="'batchnorm-stats' = 'frozen' with norm = 'group'"):
+        FloraConfig.from_run_config({"batchnorm-stats": "frozen", "norm": "group"})
+    cfg = FloraConfig.from_run_config({"batchnorm-stats": "frozen"})
+    assert cfg.model.batchnorm_stats == "frozen"

@@ -344,6 +344,10 @@ def test_settings_name_the_model_keys_that_differ_from_the_first_row() -> None:
         "efficientnet-lite0, batch norm, pretrained, r=16, alpha=16, fp32"
     )
     assert settings(effnet, base).startswith("efficientnet-lite0, batch norm, from scratch, ")
+    frozen = effnet | {"pretrained": True, "batchnorm-stats": "frozen"}
+    assert settings(frozen, base).startswith(
+        "efficientnet-lite0, batch norm, pretrained, frozen BN statistics, r=16"
+    )
     assert settings(base | {"strategy": "fedlora", "lora-mode": "full-stem"}, base) == (
         "full-stem, r=16, alpha=256, fp32"
     )
@@ -374,7 +378,7 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
         "effnet-pt-flasc-d10",
     }
     names = [c.name for c in preset.sweep]
-    assert headline < set(names) and len(names) == 14
+    assert headline < set(names) and len(names) == 15
 
     def counts(floor: int) -> dict[str, int]:
         jobs = plan(preset, list(preset.sweep), floor, {}, tmp_path)
@@ -402,7 +406,10 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
     for name in ("effnet-pt-fedlora", "effnet-pt-flocora-q4", "effnet-pt-flasc-d10"):
         assert keys[name]["model"] == "efficientnet-lite0" and keys[name]["pretrained"] is True
         assert keys[name]["norm"] == "batch" and keys[name]["lora-alpha"] == 16.0
+        assert keys[name]["batchnorm-stats"] == "frozen"
+    assert keys["effnet-pt-fedlora-bn-measured"]["batchnorm-stats"] == "measured"
     assert keys["effnet-scratch-fedlora"]["pretrained"] is False
+    assert keys["effnet-scratch-fedlora"]["batchnorm-stats"] == "measured"
     assert keys["effnet-pt-flasc-d10"]["density-up"] == 0.1
     for job in jobs:
         assert parse_run_config(format_run_config(job.keys)) == job.keys
@@ -440,6 +447,23 @@ def test_a_complete_run_folder_is_skipped(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(bench, "launch", launch)
     assert bench.run_job(job, 100, tmp_path, {}, 60.0) == 0.0
+
+
+def test_a_run_folder_moved_elsewhere_or_older_than_a_key_resumes(tmp_path: Path) -> None:
+    """A clone in another folder resumes the committed sweep; a key a run predates counts as
+    the default it ran with; a setting that differs stops the sweep, naming the key."""
+    (job,) = plan(PRESETS["cpu-fmnist"], select("flasc-d25", FMNIST_SWEEP), 1, {}, tmp_path)
+    job.run_dir.mkdir(parents=True)
+    made = {**job.keys, "output-dir": "/elsewhere/runs"}
+    del made["batch-size"]  # as if the run predated the key: it ran with the default
+    made.pop("batchnorm-stats", None)
+    (job.run_dir / "config.json").write_text(json.dumps(made))
+    (job.run_dir / "summary.json").write_text("{}")
+    assert job.keys["batch-size"] == bench.app_defaults()["batch-size"]
+    assert bench._finished(job)
+    (job.run_dir / "config.json").write_text(json.dumps({**made, "density-up": 0.5}))
+    with pytest.raises(SystemExit, match="density-up"):
+        bench._finished(job)
 
 
 def _fake_sweep(out: Path) -> None:

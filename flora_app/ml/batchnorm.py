@@ -20,6 +20,27 @@ from flora_app.ml.data import Split
 MEAN_SUFFIX = ".running_mean"
 VAR_SUFFIX = ".running_var"
 
+# The ``batchnorm-stats`` choices. ``measured``: as above, each round. ``frozen``: the model's
+# initial statistics (a pretrained model's own) serve everywhere, local training included, so
+# every client trains and the server evaluates the same function of the weights; non-IID
+# batch statistics then neither pull the clients apart nor differ from evaluation's
+# (Zhong et al., 2023, "Making Batch Normalization Great in Federated Deep Learning").
+BATCHNORM_STATS = ("measured", "frozen")
+
+
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> int:
+    """Put every BatchNorm in eval mode (normalise with, and keep, its running statistics)
+    inside a model otherwise in train mode; returns how many there are. ``model.train()``
+    undoes it, so call this after it."""
+    norms = _batchnorms(model)
+    for module in norms:
+        module.eval()
+    return len(norms)
+
 
 @torch.no_grad()
 def measure_batchnorm_statistics(model: nn.Module, split: Split, batch_size: int = 256) -> bool:
@@ -29,7 +50,7 @@ def measure_batchnorm_statistics(model: nn.Module, split: Split, batch_size: int
     recalibration does), so the result is the population mean and variance, not an average of
     batch statistics. Returns False (and changes nothing) when there is nothing to measure.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = _batchnorms(model)
     if not norms or len(split) == 0:
         return False
     sums: dict[nn.Module, list] = {}

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from flora_app.ml.batchnorm import freeze_batchnorm_statistics
 from flora_app.ml.data import Augment, Split, augment_batch
 
 
@@ -38,10 +39,13 @@ def train(
     momentum: float,
     augment: Augment,
     seed: int,
+    frozen_batchnorm: bool = False,
 ) -> float:
     """SGD (Nesterov when momentum > 0, as FLoCoRA) over the trainable parameters only.
 
-    Returns the mean training loss over all batches. An empty split trains nothing.
+    ``frozen_batchnorm`` normalises with the model's running statistics and leaves them as
+    they are (``batchnorm-stats = frozen``). Returns the mean training loss over all batches.
+    An empty split trains nothing.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if len(split) == 0 or not params:
@@ -51,13 +55,15 @@ def train(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0)
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    if frozen_batchnorm:
+        freeze_batchnorm_statistics(model)
     total, batches = 0.0, 0
     try:
         for _ in range(epochs):
             order = torch.randperm(len(split), generator=generator)
             for start in range(0, len(split), batch_size):
                 idx = order[start : start + batch_size]
-                if idx.numel() < 2 and len(split) >= 2:
+                if idx.numel() < 2 and len(split) >= 2 and not frozen_batchnorm:
                     continue  # BatchNorm cannot normalise a batch of one
                 x = augment_batch(split.x[idx], augment, generator).to(device)
                 loss = F.cross_entropy(model(x), split.y[idx].to(device))

@@ -18,10 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from flora_app.ml.batchnorm import BATCHNORM_STATS
-from flora_app.ml.data import DATASETS, PARTITIONERS
-from flora_app.ml.lora import LORA_MODES
-from flora_app.ml.models import MODELS, NORMS, PRETRAINED_MODELS
+from flora_app.ml.names import (
+    BATCHNORM_STATS,
+    DATASETS,
+    LORA_MODES,
+    MODELS,
+    NORMS,
+    PARTITIONERS,
+    PRETRAINED_MODELS,
+)
 from strategies.codecs.names import GRANULARITIES, METAS, SPARSITY_SCOPES, VALUE_BITS
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 

@@ -82,13 +82,18 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from flora_tools.bench_report import Group, Run, headline_table, write_report
+from flora_tools.preflight import (
+    RunConfigSyntaxError,
+    app_defaults,
+    parse_run_config,
+    run_config_problem,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = "flora_tools.run_simulation"  # run as ``python -m``
@@ -291,12 +296,6 @@ PRESETS: dict[str, BenchPreset] = {
 }
 
 
-def app_defaults() -> dict[str, Any]:
-    """The app's run-config defaults, from ``pyproject.toml``."""
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return dict(data["tool"]["flwr"]["app"]["config"])
-
-
 def format_value(value: Any) -> str:
     """One value in ``flwr run --run-config`` syntax (TOML)."""
     if isinstance(value, bool):
@@ -312,13 +311,6 @@ def format_value(value: Any) -> str:
 
 def format_run_config(keys: dict[str, Any]) -> str:
     return " ".join(f"{k}={format_value(v)}" for k, v in keys.items())
-
-
-def parse_run_config(text: str) -> dict[str, Any]:
-    """``"k=v k2='s'"`` as Flower parses ``--run-config``."""
-    from flwr.common.config import parse_config_args
-
-    return dict(parse_config_args([text])) if text.strip() else {}
 
 
 @dataclass(frozen=True)
@@ -680,7 +672,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     configs = select(args.configs, preset.sweep)
-    overrides = parse_run_config(args.set)
+    try:
+        overrides = parse_run_config(args.set)
+    except RunConfigSyntaxError as exc:
+        print(f"flora: --set: {exc}", file=sys.stderr, flush=True)
+        return 2
     if args.rounds is not None:
         overrides["num-server-rounds"] = args.rounds
     if args.local_epochs is not None:
@@ -688,7 +684,6 @@ def main(argv: list[str] | None = None) -> int:
     supernodes = args.supernodes or preset.supernodes
     stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
     out = (args.out or ROOT / "outputs" / f"bench-{preset.name}-{stamp}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         **preset.env,
@@ -696,6 +691,13 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     jobs = plan(preset, configs, args.seeds, overrides, out)
+    # Every run's config is checked before the first starts: a bad --set fails in a second.
+    for job in jobs:
+        problem = run_config_problem(job.keys)
+        if problem:
+            print(f"flora: {job.run_dir.name}: {problem}", file=sys.stderr, flush=True)
+            return 2
+    out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "bench.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update(

@@ -35,6 +35,7 @@ from types import FrameType
 from flora_tools.deployment.deployment import Deployment, DeploymentError
 from flora_tools.deployment.flwr_cli import FlwrCliError
 from flora_tools.deployment.processes import wait_until
+from flora_tools.preflight import require_valid_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # All N SuperNodes train every round; the rest are the app's defaults (pyproject.toml).
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.supernodes < 2:
         # Flower's strategies (FedAvg's min_available_nodes=2) wait for two connected nodes.
         parser.error("--supernodes must be >= 2: the strategies wait for 2 connected SuperNodes")
+    require_valid_run_config(DEFAULT_RUN_CONFIG, args.run_config, app=args.app)
     args.deployment, args.flwr_run = None, None
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

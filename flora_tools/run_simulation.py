@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from flora_tools.preflight import require_valid_run_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", type=Path, default=ROOT)
     parser.add_argument("--flwr-home", type=Path, default=ROOT / ".flwr")
     args = parser.parse_args(argv)
+    require_valid_run_config(args.run_config, app=args.app)
 
     flwr_home = args.flwr_home.resolve()
     write_flower_config(flwr_home)

@@ -20,13 +20,6 @@ from flora_app.ml.data import Split
 MEAN_SUFFIX = ".running_mean"
 VAR_SUFFIX = ".running_var"
 
-# The ``batchnorm-stats`` choices. ``measured``: as above, each round. ``frozen``: the model's
-# initial statistics (a pretrained model's own) serve everywhere, local training included, so
-# every client trains and the server evaluates the same function of the weights; non-IID
-# batch statistics then neither pull the clients apart nor differ from evaluation's
-# (Zhong et al., 2023, "Making Batch Normalization Great in Federated Deep Learning").
-BATCHNORM_STATS = ("measured", "frozen")
-
 
 def _batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

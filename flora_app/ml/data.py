@@ -25,6 +25,8 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
+from flora_app.ml.names import DATASETS, PARTITIONERS
+
 CIFAR10_HUB_ID = "uoft-cs/cifar10"
 # The folder torchvision's CIFAR10 reads (python pickles, as cs.toronto.edu ships them).
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -90,11 +92,6 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return NUM_CLASSES
-
-
-# The ``dataset`` and ``partitioner`` choices; the loaders below are the code that acts on them.
-DATASETS = ("digits", "cifar10", "synthetic", "fashion-mnist")
-PARTITIONERS = ("iid", "dirichlet")
 
 
 @dataclass(frozen=True)

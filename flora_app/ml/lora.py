@@ -31,13 +31,13 @@ from torch import nn
 
 from flora_app.ml.models import (
     NORM_TYPES,
-    NORMS,
     base_fingerprint,
     build_model,
     head_module_name,
     norm_module_names,
     stem_conv_name,
 )
+from flora_app.ml.names import LORA_MODES, NORMS
 
 BASE_SPEC_FILE = "base_model.json"
 
@@ -58,8 +58,7 @@ _PLACEMENTS = {
     "full-stem": _Placement(norms=True, head=True, full_stem=True),
 }
 
-# The ``lora_mode`` choices (FLoCoRA's placement modes), the default third.
-LORA_MODES = tuple(_PLACEMENTS)
+assert tuple(_PLACEMENTS) == LORA_MODES, "one placement per lora-mode choice"
 
 
 @dataclass(frozen=True)

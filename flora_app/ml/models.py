@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from flora_app.ml.names import MODELS, NORMS, PRETRAINED_MODELS
+
 # Builds the normalisation layer for a given number of channels.
 NormFactory = Callable[[int], nn.Module]
 
@@ -117,8 +119,7 @@ def _mobilenet_v3_small(
     The architecture is torchvision's unchanged (ImageNet stem: 3x3 stride 2; BatchNorm with
     eps 1e-3 and momentum 0.01 unless ``norm_layer`` is given), so on 28x28 inputs the last
     stage runs at 1x1. Only the stem conv is rebuilt when the input is not RGB, keeping its
-    kernel, stride, padding and bias settings. torchvision is imported here, not at module
-    import, because the configuration imports this module just for ``MODELS``.
+    kernel, stride, padding and bias settings.
     """
     from torchvision.models import mobilenet_v3_small
 
@@ -137,16 +138,6 @@ def _mobilenet_v3_small(
             padding_mode=stem.padding_mode,
         )
     return model
-
-
-# The ``model`` choices, built by ``_architecture``.
-MODELS = ("resnet8", "resnet18", "cnn", "mobilenet-v3-small", "efficientnet-lite0")
-
-# The ``norm`` choices: BatchNorm, or GroupNorm(2, C) in place of every BatchNorm.
-NORMS = ("batch", "group")
-
-# Models that ``build_model(..., pretrained=True)`` can start from published weights.
-PRETRAINED_MODELS: tuple[str, ...] = ("efficientnet-lite0",)
 
 
 def _norm_factory(norm: str, model: str) -> NormFactory:

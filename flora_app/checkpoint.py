@@ -9,6 +9,7 @@ new one, never a torn file. safetensors rather than pickle: loading a checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -78,13 +79,32 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     data = save(tensors, metadata={_META_KEY: json.dumps(meta)})
     path = run_dir / CHECKPOINT_FILE
     tmp = path.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(run_dir)
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(run_dir)
+    except OSError as exc:  # a full disk, a vanished folder: the last good file stays
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        kept = (
+            f"round {_saved_round(path)}'s checkpoint is intact"
+            if path.exists()
+            else ("no earlier checkpoint exists")
+        )
+        raise CheckpointError(
+            f"could not write {path} for round {ckpt.round} ({exc.strerror or exc}); {kept}"
+        ) from None
     return path
+
+
+def _saved_round(path: Path) -> str:
+    try:
+        return str(load_checkpoint(path.parent).round)
+    except CheckpointError:
+        return "the earlier"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -112,19 +132,24 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         tensors = load_file(str(path))
     except Exception as exc:  # a damaged file: say which, whatever the library raised
         raise CheckpointError(f"{path} is not a readable flora checkpoint: {exc}") from None
-    order = meta["global_order"]
-    return Checkpoint(
-        round=int(meta["round"]),
-        global_arrays={k: tensors[f"{_GLOBAL}{k}"] for k in order},
-        optimizer={k[len(_OPTIMIZER) :]: v for k, v in tensors.items() if k.startswith(_OPTIMIZER)},
-        rounds=meta["rounds"],
-        initial=meta["initial"],
-        run_config=meta["run_config"],
-        python_rng=meta["python_rng"],
-        numpy_rng=meta["numpy_rng"],
-        wall_seconds=float(meta["wall_seconds"]),
-        extra=meta.get("extra", {}),
-    )
+    try:
+        order = meta["global_order"]
+        return Checkpoint(
+            round=int(meta["round"]),
+            global_arrays={k: tensors[f"{_GLOBAL}{k}"] for k in order},
+            optimizer={
+                k[len(_OPTIMIZER) :]: v for k, v in tensors.items() if k.startswith(_OPTIMIZER)
+            },
+            rounds=list(meta["rounds"]),
+            initial=meta["initial"],
+            run_config=dict(meta["run_config"]),
+            python_rng=meta["python_rng"],
+            numpy_rng=meta["numpy_rng"],
+            wall_seconds=float(meta["wall_seconds"]),
+            extra=meta.get("extra", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:  # readable file, not ours or cut short
+        raise CheckpointError(f"{path} lacks flora's checkpoint contents ({exc!r})") from None
 
 
 def config_differences(

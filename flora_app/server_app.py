@@ -59,7 +59,11 @@ def main(grid: Grid, context: Context) -> None:
         # would be recorded as a normal finish).
         log(ERROR, "flora: %s", exc)
         raise
-    run(grid, cfg, resume)
+    try:
+        run(grid, cfg, resume)
+    except CheckpointError as exc:  # the run folder cannot take the round's checkpoint
+        log(ERROR, "flora: %s", exc)
+        raise
 
 
 def resume_point(cfg: FloraConfig) -> Checkpoint | None:

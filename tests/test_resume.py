@@ -136,3 +136,49 @@ def test_resume_refuses_a_changed_configuration_or_a_missing_checkpoint(
     )
     with pytest.raises(ConfigError, match=r"resume-from.*has no checkpoint"):
         resume_point(missing)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(
+    tmp_path: Path, tiny_run_config: dict
+) -> None:
+    """The round-2 checkpoint goes to /dev/full (ENOSPC on write, as a full disk): no
+    monkeypatching, the real write fails."""
+    from flora_app.checkpoint import CheckpointError
+
+    cfg = _config(tmp_path, tiny_run_config, **{"run-name": "full"})
+    run_dir = tmp_path / "full"
+
+    def fill_the_disk(train_round: int) -> None:
+        if train_round == 2:  # round 1's checkpoint exists; round 2's write will fail
+            tmp = run_dir / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+            tmp.symlink_to("/dev/full")
+
+    with pytest.raises(CheckpointError) as caught:
+        run(LocalGrid(cfg, 4, before_train=fill_the_disk), FloraConfig.from_run_config(cfg))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"could not write {run_dir / CHECKPOINT_FILE} for round 2" in message
+    assert "No space left on device" in message
+    assert "round 1's checkpoint is intact" in message
+    assert load_checkpoint(run_dir).round == 1
+    assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_safetensors_file_without_flora_contents_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    from safetensors.numpy import save_file
+
+    from flora_app.checkpoint import CheckpointError
+
+    save_file({"x": np.zeros(3, dtype=np.float32)}, str(tmp_path / CHECKPOINT_FILE))
+    with pytest.raises(CheckpointError, match="not a readable flora checkpoint"):
+        load_checkpoint(tmp_path)
+    save_file(
+        {"x": np.zeros(3, dtype=np.float32)},
+        str(tmp_path / CHECKPOINT_FILE),
+        metadata={"flora": json.dumps({"round": 2})},
+    )
+    with pytest.raises(CheckpointError, match="lacks flora's checkpoint contents") as caught:
+        load_checkpoint(tmp_path)
+    assert "\n" not in str(caught.value)

@@ -11,9 +11,11 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from flora_app.attacks import attack_mod, flipped_labels, is_attacker
 from flora_app.chaos import chaos_mod
 from flora_app.config import FloraConfig
 from flora_app.ml.batchnorm import measure_batchnorm_statistics
+from flora_app.ml.data import Split
 from flora_app.ml.lora import (
     base_fingerprint_of,
     build_trainable,
@@ -27,8 +29,9 @@ from flora_app.task import ASK_KEY, ASK_PARTITION, load_client_data, model_spec,
 from strategies.mod import compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
 
-# chaos_mod is outermost, so with ``chaos-clients`` it spoils the reply as it would travel.
-app = ClientApp(mods=[chaos_mod, compression_mod])
+# chaos_mod is outermost, so with ``chaos-clients`` it spoils the reply as it would travel;
+# attack_mod is innermost, so with ``byzantine-clients`` the codec encodes the attacked reply.
+app = ClientApp(mods=[chaos_mod, compression_mod, attack_mod])
 
 
 class BaseModelMismatchError(RuntimeError):
@@ -60,6 +63,9 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
     local = cfg.training
+    robust = cfg.robustness
+    if robust.attack == "label-flip" and is_attacker(partition, robust.byzantine_clients):
+        train_split = Split(train_split.x, flipped_labels(train_split.y, dataset.num_classes))
     loss = train_model(
         model,
         train_split,

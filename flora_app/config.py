@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from flora_app.attacks import ATTACKS
 from flora_app.ml.names import (
     BATCHNORM_STATS,
     DATASETS,
@@ -367,6 +368,18 @@ class RobustnessSection(Section):
     chaos_clients: int = key(
         0, "test knob: nodes per round that spoil their replies", within=at_least(0)
     )
+    byzantine_clients: int = key(
+        0,
+        "test knob: partitions 0 .. N-1 send valid but malicious replies, as 'attack' says",
+        within=at_least(0),
+    )
+    attack: str = key(
+        "sign-flip",
+        "what byzantine clients do: negate their update, scale it by attack-scale, replace it "
+        "by Gaussian noise of its norm, or train on flipped labels",
+        choices=ATTACKS,
+    )
+    attack_scale: float = key(10.0, "factor of the scale attack", within=POSITIVE)
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -251,3 +251,33 @@ class LocalGrid(Grid):
                 self.trained_nodes.add(dst)
             replies.append(reply)
         return replies
+
+
+def global_state(run_config: dict):  # type: ignore[no-untyped-def]
+    """The model spec and the initial exchanged state the server would send for ``run_config``."""
+    from flora_app.config import FloraConfig
+    from flora_app.ml.data import load_dataset
+    from flora_app.ml.lora import build_trainable, exchanged_state
+    from flora_app.task import data_spec, model_spec
+
+    cfg = FloraConfig.from_run_config(run_config)
+    spec = model_spec(cfg, load_dataset(data_spec(cfg)))
+    return spec, exchanged_state(build_trainable(spec), spec)
+
+
+def train_content(run_config: dict, fingerprint: str | None = None) -> RecordDict:
+    """A round-1 train message's content, as the server builds it (plain fp32)."""
+    from flora_app.ml.lora import base_fingerprint_of
+
+    spec, state = global_state(run_config)
+    config = ConfigRecord(
+        {
+            "lr": 0.05,
+            "local-epochs": 1,
+            "batch-size": 16,
+            "momentum": 0.9,
+            "server-round": 1,
+            "base-fingerprint": fingerprint or base_fingerprint_of(spec),
+        }
+    )
+    return RecordDict({"arrays": numpy_to_record(state), "config": config})

@@ -4,49 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, RecordDict
 
 from flora_app.client_app import BaseModelMismatchError, app, evaluate, train
-from flora_app.config import FloraConfig
-from flora_app.ml.data import load_dataset
-from flora_app.ml.lora import base_fingerprint_of, build_trainable, exchanged_state
-from flora_app.task import NodeConfigError, data_spec, model_spec
+from flora_app.task import NodeConfigError
 from strategies.codecs import codec_spec, decode_blob, get_codec
 from strategies.mod import RESIDUAL_KEY
 from strategies.wire import (
     HEADER_KEY,
     encode_content,
     make_header,
-    numpy_to_record,
     record_to_blob,
     record_to_numpy,
 )
-from tests.helpers import make_context, make_message
-
-
-def _global_state(run_config: dict):
-    cfg = FloraConfig.from_run_config(run_config)
-    spec = model_spec(cfg, load_dataset(data_spec(cfg)))
-    return spec, exchanged_state(build_trainable(spec), spec)
-
-
-def _train_content(run_config: dict, fingerprint: str | None = None) -> RecordDict:
-    spec, state = _global_state(run_config)
-    config = ConfigRecord(
-        {
-            "lr": 0.05,
-            "local-epochs": 1,
-            "batch-size": 16,
-            "momentum": 0.9,
-            "server-round": 1,
-            "base-fingerprint": fingerprint or base_fingerprint_of(spec),
-        }
-    )
-    return RecordDict({"arrays": numpy_to_record(state), "config": config})
+from tests.helpers import make_context, make_message, train_content
 
 
 def test_train_returns_trained_adapters_with_the_same_names_and_example_count(tiny_run_config):
-    content = _train_content(tiny_run_config)
+    content = train_content(tiny_run_config)
     sent = record_to_numpy(content["arrays"])
     reply = train(make_message(content), make_context(tiny_run_config))
     got = record_to_numpy(reply.content["arrays"])
@@ -62,7 +36,7 @@ def test_train_is_reproducible_for_the_same_round_and_node(tiny_run_config) -> N
     replies = [
         record_to_numpy(
             train(
-                make_message(_train_content(tiny_run_config)), make_context(tiny_run_config)
+                make_message(train_content(tiny_run_config)), make_context(tiny_run_config)
             ).content["arrays"]
         )
         for _ in range(2)
@@ -72,7 +46,7 @@ def test_train_is_reproducible_for_the_same_round_and_node(tiny_run_config) -> N
 
 
 def test_a_client_with_a_different_base_refuses_to_train(tiny_run_config) -> None:
-    content = _train_content(tiny_run_config, fingerprint="0123456789abcdef")
+    content = train_content(tiny_run_config, fingerprint="0123456789abcdef")
     with pytest.raises(BaseModelMismatchError, match="0123456789abcdef"):
         train(make_message(content), make_context(tiny_run_config))
 
@@ -81,11 +55,11 @@ def test_a_supernode_without_partition_config_fails_clearly(tiny_run_config) -> 
     context = make_context(tiny_run_config)
     context.node_config = {}
     with pytest.raises(NodeConfigError, match="partition-id"):
-        train(make_message(_train_content(tiny_run_config)), context)
+        train(make_message(train_content(tiny_run_config)), context)
 
 
 def test_evaluate_scores_the_validation_split(tiny_run_config) -> None:
-    content = _train_content(tiny_run_config)
+    content = train_content(tiny_run_config)
     del content["config"]["lr"]
     reply = evaluate(make_message(content, "evaluate"), make_context(tiny_run_config))
     metrics = reply.content["metrics"]
@@ -98,7 +72,7 @@ def test_evaluate_scores_the_validation_split(tiny_run_config) -> None:
 
 
 def _through_app(run_config: dict, context, codec: str, mode: str, feedback: bool):
-    plain = _train_content(run_config)
+    plain = train_content(run_config)
     header = make_header("fp32", reply_codec=codec, reply=mode, error_feedback=feedback)
     encoded = encode_content(plain, get_codec("fp32"), header)
     reply = app(make_message(encoded), context)

@@ -40,7 +40,7 @@ STRATEGIES = ("fedavg", "fedlora", "flocora", "flasc")
 FULL_MODEL_STRATEGIES = ("fedavg",)
 # ``aggregation`` and ``server-optimizer`` choices (``strategies.aggregation`` acts on them;
 # named here so that the ClientApp, which reads this module, does not import server code).
-AGGREGATIONS = ("mean", "median", "trimmed-mean")
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 SERVER_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -347,7 +347,8 @@ class RobustnessSection(Section):
     title: ClassVar[str] = "Robustness"
     aggregation: str = key(
         "mean",
-        "coordinate-wise combiner of the replies (Flower's FedAvg, FedMedian, FedTrimmedAvg)",
+        "combiner of the replies: Flower's FedAvg, FedMedian, FedTrimmedAvg (coordinate-wise), "
+        "Krum, MultiKrum or Bulyan (select the replies closest to the others)",
         choices=AGGREGATIONS,
     )
     trim_fraction: float = key(
@@ -356,6 +357,12 @@ class RobustnessSection(Section):
         within=Range(0.0, 0.5, high_open=True),
         why=", the share of replies cut from each tail",
     )
+    malicious_nodes: int = key(
+        0,
+        "Byzantine replies per round that krum, multi-krum and bulyan assume",
+        within=at_least(0),
+    )
+    multi_krum_select: int = key(1, "replies multi-krum keeps and averages", within=at_least(1))
     max_num_examples: int = key(
         1_000_000, "largest num-examples a reply may claim", within=Range(0, low_open=True)
     )

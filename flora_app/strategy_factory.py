@@ -32,6 +32,8 @@ def _replies(cfg: FloraConfig) -> dict[str, Any]:
     return {
         "aggregation": r.aggregation,
         "trim_fraction": r.trim_fraction,
+        "malicious_nodes": r.malicious_nodes,
+        "multi_krum_select": r.multi_krum_select,
         "over_selection": r.over_selection,
         "max_num_examples": r.max_num_examples,
     }

@@ -1,7 +1,9 @@
 """What combines the decoded replies: Flower's own aggregators, and FLASC's server optimizers.
 
 Every class here is Flower's: ``FedAvg`` / ``FedMedian`` / ``FedTrimmedAvg`` combine replies
-coordinate-wise, and ``FedAdam`` / ``FedAvgM`` take a server step from the combined replies.
+coordinate-wise, ``Krum`` / ``MultiKrum`` / ``Bulyan`` select the replies closest to the others
+(assuming ``malicious_nodes`` of them are Byzantine), and ``FedAdam`` / ``FedAvgM`` take a server
+step from the combined replies.
 Flower's optimizers get their combined replies from ``super().aggregate_train``, so an optimizer
 over a robust combiner is the two classes in one MRO (Adam over the median of the updates). The
 combinations are declared below, once, so a reader sees exactly which class runs.
@@ -14,23 +16,30 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
+    Bulyan,
     FedAdam,
     FedAvg,
     FedAvgM,
     FedMedian,
     FedTrimmedAvg,
+    Krum,
+    MultiKrum,
     Strategy,
 )
 
 from strategies.node_sampling import NodeSampling
 from strategies.schedules import schedule_factor
 
-# The ``aggregation`` choices: coordinate-wise combiners of the decoded replies.
+# The ``aggregation`` choices: combiners of the decoded replies.
 COMBINERS: dict[str, type[FedAvg]] = {
     "mean": FedAvg,
     "median": FedMedian,
     "trimmed-mean": FedTrimmedAvg,
+    "krum": Krum,
+    "multi-krum": MultiKrum,
+    "bulyan": Bulyan,
 }
+KRUM_FAMILY = ("krum", "multi-krum", "bulyan")  # the combiners that assume malicious_nodes
 SERVER_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -92,6 +101,19 @@ class _TrimmedBeta:
         self.beta = beta
 
 
+class _ByzantineSettings:
+    """``num_malicious_nodes`` (and MultiKrum's ``num_nodes_to_select``) for the Krum family
+    below an optimizer in the MRO: the optimizer's ``__init__`` does not forward them."""
+
+    def __init__(
+        self, *, num_malicious_nodes: int = 0, num_nodes_to_select: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_malicious_nodes = num_malicious_nodes
+        if num_nodes_to_select is not None:
+            self.num_nodes_to_select = num_nodes_to_select
+
+
 class FedAdamMedian(ScheduledFedAdam, FedMedian):
     """Adam over the coordinate-wise median of the replies."""
 
@@ -108,6 +130,30 @@ class FedAvgMTrimmedAvg(_TrimmedBeta, ScheduledFedAvgM, FedTrimmedAvg):
     """Server SGD over the coordinate-wise trimmed mean of the replies."""
 
 
+class FedAdamKrum(_ByzantineSettings, ScheduledFedAdam, Krum):
+    """Adam on the reply Krum selects."""
+
+
+class FedAdamMultiKrum(_ByzantineSettings, ScheduledFedAdam, MultiKrum):
+    """Adam on the mean of the replies MultiKrum selects."""
+
+
+class FedAdamBulyan(_ByzantineSettings, ScheduledFedAdam, Bulyan):
+    """Adam on Bulyan's aggregate."""
+
+
+class FedAvgMKrum(_ByzantineSettings, ScheduledFedAvgM, Krum):
+    """Server SGD on the reply Krum selects."""
+
+
+class FedAvgMMultiKrum(_ByzantineSettings, ScheduledFedAvgM, MultiKrum):
+    """Server SGD on the mean of the replies MultiKrum selects."""
+
+
+class FedAvgMBulyan(_ByzantineSettings, ScheduledFedAvgM, Bulyan):
+    """Server SGD on Bulyan's aggregate."""
+
+
 _OPTIMIZER_CLASSES: dict[tuple[str, str], type[FedAvg]] = {
     ("adam", "mean"): ScheduledFedAdam,
     ("adam", "median"): FedAdamMedian,
@@ -115,7 +161,32 @@ _OPTIMIZER_CLASSES: dict[tuple[str, str], type[FedAvg]] = {
     ("sgd", "mean"): ScheduledFedAvgM,
     ("sgd", "median"): FedAvgMMedian,
     ("sgd", "trimmed-mean"): FedAvgMTrimmedAvg,
+    ("adam", "krum"): FedAdamKrum,
+    ("adam", "multi-krum"): FedAdamMultiKrum,
+    ("adam", "bulyan"): FedAdamBulyan,
+    ("sgd", "krum"): FedAvgMKrum,
+    ("sgd", "multi-krum"): FedAvgMMultiKrum,
+    ("sgd", "bulyan"): FedAvgMBulyan,
 }
+
+
+def _combiner_settings(
+    aggregation: str, trim_fraction: float, malicious_nodes: int, multi_krum_select: int
+) -> dict[str, Any]:
+    """The keyword arguments ``aggregation``'s Flower class takes beyond sampling."""
+    if malicious_nodes < 0 or multi_krum_select < 1:
+        raise ValueError(
+            f"malicious_nodes = {malicious_nodes}, multi_krum_select = {multi_krum_select}: "
+            "expected >= 0 and >= 1"
+        )
+    if aggregation == "trimmed-mean":
+        return {"beta": trim_fraction}
+    if aggregation in KRUM_FAMILY:
+        extra: dict[str, Any] = {"num_malicious_nodes": malicious_nodes}
+        if aggregation == "multi-krum":
+            extra["num_nodes_to_select"] = multi_krum_select
+        return extra
+    return {}
 
 
 def _check(aggregation: str) -> None:
@@ -123,13 +194,18 @@ def _check(aggregation: str) -> None:
         raise ValueError(f"aggregation {aggregation!r}: expected one of {', '.join(COMBINERS)}")
 
 
-def combiner(aggregation: str, trim_fraction: float, **sampling: Any) -> FedAvg:
-    """Flower's FedAvg, FedMedian or FedTrimmedAvg (cutting ``trim_fraction`` per tail)."""
+def combiner(
+    aggregation: str,
+    trim_fraction: float,
+    malicious_nodes: int = 0,
+    multi_krum_select: int = 1,
+    **sampling: Any,
+) -> FedAvg:
+    """Flower's FedAvg, FedMedian, FedTrimmedAvg (cutting ``trim_fraction`` per tail), Krum,
+    MultiKrum (keeping ``multi_krum_select``) or Bulyan (assuming ``malicious_nodes``)."""
     _check(aggregation)
-    cls = COMBINERS[aggregation]
-    if cls is FedTrimmedAvg:
-        return FedTrimmedAvg(beta=trim_fraction, **sampling)
-    return cls(**sampling)
+    settings = _combiner_settings(aggregation, trim_fraction, malicious_nodes, multi_krum_select)
+    return COMBINERS[aggregation](**settings, **sampling)
 
 
 def server_optimizer(
@@ -142,6 +218,8 @@ def server_optimizer(
     beta2: float = 0.999,
     aggregation: str = "mean",
     trim_fraction: float = 0.2,
+    malicious_nodes: int = 0,
+    multi_krum_select: int = 1,
     **sampling: Any,
 ) -> FedAvg:
     """Flower's FedAdam (``adam``) or FedAvgM without momentum (``sgd``) over ``aggregation``.
@@ -158,7 +236,7 @@ def server_optimizer(
             f"server optimizer {name!r}: expected one of {', '.join(SERVER_OPTIMIZERS)}"
         )
     cls = _OPTIMIZER_CLASSES[(name, aggregation)]
-    extra: dict[str, Any] = {"beta": trim_fraction} if aggregation == "trimmed-mean" else {}
+    extra = _combiner_settings(aggregation, trim_fraction, malicious_nodes, multi_krum_select)
     if name == "adam":
         strategy = cls(eta=lr, eta_l=lr, beta_1=beta1, beta_2=beta2, tau=eps, **extra, **sampling)
     else:
@@ -174,6 +252,8 @@ def sampled_aggregator(
     trim_fraction: float,
     over_selection: float,
     seed: int | None = None,
+    malicious_nodes: int = 0,
+    multi_krum_select: int = 1,
     build: Callable[..., FedAvg] = combiner,
     **sampling: Any,
 ) -> NodeSampling:
@@ -182,7 +262,13 @@ def sampled_aggregator(
     ``build(aggregation=..., trim_fraction=..., **sampling)`` (a combiner, or FLASC's server
     optimizer over one)."""
     if strategy is None:
-        strategy = build(aggregation=aggregation, trim_fraction=trim_fraction, **sampling)
+        strategy = build(
+            aggregation=aggregation,
+            trim_fraction=trim_fraction,
+            malicious_nodes=malicious_nodes,
+            multi_krum_select=multi_krum_select,
+            **sampling,
+        )
     elif aggregation != "mean":
         raise ValueError(
             f"aggregation = {aggregation!r} with strategy = {type(strategy).__name__}: "

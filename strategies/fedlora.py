@@ -26,9 +26,15 @@ class FedLoRA(CompressionStrategy):
     min_available_nodes : int (default: 2)
         Minimum number of nodes that must be connected before a round starts.
     aggregation : str (default: "mean")
-        ``mean`` (Flower's FedAvg), ``median`` (FedMedian) or ``trimmed-mean`` (FedTrimmedAvg).
+        ``mean`` (Flower's FedAvg), ``median`` (FedMedian), ``trimmed-mean`` (FedTrimmedAvg),
+        ``krum``, ``multi-krum`` or ``bulyan`` (Flower's Krum, MultiKrum, Bulyan).
     trim_fraction : float (default: 0.2)
         Share of replies cut from each tail by ``trimmed-mean``, in [0, 0.5).
+    malicious_nodes : int (default: 0)
+        The Byzantine replies per round ``krum``, ``multi-krum`` and ``bulyan`` assume (their
+        ``num_malicious_nodes``); Bulyan needs at least 4 of them + 3 replies.
+    multi_krum_select : int (default: 1)
+        How many replies ``multi-krum`` keeps and averages.
     strategy : Strategy | None (default: None)
         Any other Flower strategy to sample and aggregate instead (e.g. ``Krum``); then the
         arguments above that build one are not used and ``aggregation`` must stay ``mean``.
@@ -52,6 +58,8 @@ class FedLoRA(CompressionStrategy):
         min_available_nodes: int = 2,
         aggregation: str = "mean",
         trim_fraction: float = 0.2,
+        malicious_nodes: int = 0,
+        multi_krum_select: int = 1,
         strategy: Strategy | None = None,
         over_selection: float = 0.0,
         seed: int | None = None,
@@ -61,6 +69,8 @@ class FedLoRA(CompressionStrategy):
             strategy,
             aggregation=aggregation,
             trim_fraction=trim_fraction,
+            malicious_nodes=malicious_nodes,
+            multi_krum_select=multi_krum_select,
             over_selection=over_selection,
             seed=seed,
             fraction_train=fraction_train,

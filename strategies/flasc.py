@@ -52,8 +52,9 @@ class FLASC(CompressionStrategy):
         Clients carry what top-k dropped into their next reply (not in FLASC).
     aggregation : str (default: "mean")
         What the optimizer steps on: the ``mean``, ``median`` or ``trimmed-mean`` of the
-        updates (FLASC's is the mean).
-    trim_fraction, over_selection, seed, max_num_examples
+        updates, or what ``krum``, ``multi-krum`` or ``bulyan`` make of them (FLASC's is the
+        mean).
+    trim_fraction, malicious_nodes, multi_krum_select, over_selection, seed, max_num_examples
         As in ``FedLoRA``.
     strategy : Strategy | None (default: None)
         A Flower strategy to use instead of the server optimizer built from the arguments above.
@@ -81,6 +82,8 @@ class FLASC(CompressionStrategy):
         error_feedback: bool = False,
         aggregation: str = "mean",
         trim_fraction: float = 0.2,
+        malicious_nodes: int = 0,
+        multi_krum_select: int = 1,
         strategy: Strategy | None = None,
         over_selection: float = 0.0,
         seed: int | None = None,
@@ -99,6 +102,8 @@ class FLASC(CompressionStrategy):
             strategy,
             aggregation=aggregation,
             trim_fraction=trim_fraction,
+            malicious_nodes=malicious_nodes,
+            multi_krum_select=multi_krum_select,
             over_selection=over_selection,
             seed=seed,
             build=optimizer,

@@ -36,7 +36,8 @@ class FLoCoRA(CompressionStrategy):
         (the paper's). An update has a smaller range, so the same bits lose less.
     error_feedback : bool (default: False)
         Clients carry their quantization residual into their next reply (not in the paper).
-    aggregation, trim_fraction, strategy, over_selection, seed, max_num_examples
+    aggregation, trim_fraction, malicious_nodes, multi_krum_select, strategy, over_selection,
+    seed, max_num_examples
         As in ``FedLoRA``: what combines the dequantized replies, and which replies count.
     """
 
@@ -56,6 +57,8 @@ class FLoCoRA(CompressionStrategy):
         error_feedback: bool = False,
         aggregation: str = "mean",
         trim_fraction: float = 0.2,
+        malicious_nodes: int = 0,
+        multi_krum_select: int = 1,
         strategy: Strategy | None = None,
         over_selection: float = 0.0,
         seed: int | None = None,
@@ -65,6 +68,8 @@ class FLoCoRA(CompressionStrategy):
             strategy,
             aggregation=aggregation,
             trim_fraction=trim_fraction,
+            malicious_nodes=malicious_nodes,
+            multi_krum_select=multi_krum_select,
             over_selection=over_selection,
             seed=seed,
             fraction_train=fraction_train,

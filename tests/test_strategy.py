@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import Array, ConfigRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from strategies import FLASC, FedLoRA, FLoCoRA
@@ -258,6 +258,75 @@ def test_flasc_composes_its_server_optimizer_with_the_median_of_the_updates() ->
     for key in dense:
         median = np.median(np.stack([u[key] for u, _ in updates]), axis=0)
         np.testing.assert_allclose(got[key], dense[key] + median, rtol=1e-5, atol=1e-6)
+
+
+def _plain_replies(clients: list[tuple[OrderedDict, int]]) -> list:
+    """The same replies as plain fp32 Flower messages, as Flower's own strategies take them."""
+    from flwr.app import ArrayRecord, MetricRecord
+
+    return [
+        make_message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                    "metrics": MetricRecord({"num-examples": n}),
+                }
+            ),
+            src=i + 1,
+        )
+        for i, (arrays, n) in enumerate(clients)
+    ]
+
+
+@pytest.mark.parametrize("aggregation", ["krum", "multi-krum", "bulyan"])
+def test_the_krum_family_equals_flower_s_own_on_the_decoded_replies(aggregation: str) -> None:
+    """Seven replies, one scaled 1e4 (valid, malicious): flora's pipeline through the fp32 codec
+    gives exactly what Flower's class gives on the same tensors, and drops the outlier."""
+    from flwr.serverapp.strategy import Bulyan, Krum, MultiKrum
+
+    strategy = FedLoRA(aggregation=aggregation, malicious_nodes=1, multi_krum_select=3, **ONE_NODE)
+    send_round(strategy, make_arrays(0))
+    clients = [(make_arrays(i), 10 + i) for i in range(1, 7)] + [(make_arrays(9, 1e4), 10)]
+    replies = [make_reply(a, n, src=i + 1, codec="fp32") for i, (a, n) in enumerate(clients)]
+    got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+    flower = {
+        "krum": Krum(num_malicious_nodes=1),
+        "multi-krum": MultiKrum(num_malicious_nodes=1, num_nodes_to_select=3),
+        "bulyan": Bulyan(num_malicious_nodes=1),
+    }[aggregation]
+    want = record_to_numpy(flower.aggregate_train(1, _plain_replies(clients))[0])
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+        assert np.abs(got[key]).max() < 10  # the 1e4-scaled reply was left out
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_flasc_steps_on_what_krum_selects(optimizer: str) -> None:
+    from flwr.serverapp.strategy import Krum
+
+    strategy = _flasc(optimizer, 1.0, density_up=1.0, aggregation="krum", malicious_nodes=1)
+    inner = innermost(strategy)
+    assert isinstance(inner, Krum) and inner.num_malicious_nodes == 1
+    dense = make_arrays(0)
+    send_round(strategy, dense)
+    updates = [(make_arrays(i, scale=0.1), 5) for i in range(1, 5)] + [(make_arrays(9, 1e3), 5)]
+    got = record_to_numpy(strategy.aggregate_train(1, _sparse_replies(strategy, updates))[0])
+    chosen = record_to_numpy(
+        Krum(num_malicious_nodes=1).aggregate_train(1, _plain_replies(updates))[0]
+    )
+    for key in dense:
+        step = got[key] - dense[key]
+        if optimizer == "sgd":  # lr 1, no momentum: exactly the selected update
+            np.testing.assert_allclose(step, chosen[key], rtol=1e-5, atol=1e-6)
+        assert np.abs(step).max() < 10  # not the 1e3-scaled update
+
+
+def test_every_aggregation_choice_has_a_combiner_and_both_optimizers() -> None:
+    from flora_app.config import AGGREGATIONS, SERVER_OPTIMIZERS
+    from strategies.aggregation import _OPTIMIZER_CLASSES, COMBINERS
+
+    assert tuple(COMBINERS) == AGGREGATIONS
+    assert set(_OPTIMIZER_CLASSES) == {(o, a) for o in SERVER_OPTIMIZERS for a in AGGREGATIONS}
 
 
 def test_server_lr_schedule_scales_the_optimizer_step_round_by_round() -> None:

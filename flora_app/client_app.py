@@ -26,6 +26,7 @@ from flora_app.ml.lora import (
 from flora_app.ml.training import evaluate as evaluate_model
 from flora_app.ml.training import train as train_model
 from flora_app.task import ASK_KEY, ASK_PARTITION, load_client_data, model_spec, partition_of
+from flora_app.tiers import TIER_KEY
 from strategies.mod import compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
 
@@ -127,5 +128,9 @@ def query(msg: Message, context: Context) -> Message:
     if asked != ASK_PARTITION:
         raise ValueError(f"unknown query {asked!r}: this ClientApp answers {ASK_PARTITION!r}")
     partition, _ = partition_of(context.node_config)
-    content = RecordDict({"metrics": MetricRecord({ASK_PARTITION: partition})})
+    answer = {ASK_PARTITION: partition}
+    tier = context.node_config.get(TIER_KEY)
+    if isinstance(tier, int) and not isinstance(tier, bool):
+        answer[TIER_KEY] = tier  # a deployed device's declared tier (flora_app.tiers)
+    content = RecordDict({"metrics": MetricRecord(answer)})
     return Message(content=content, reply_to=msg)

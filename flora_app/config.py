@@ -28,6 +28,7 @@ from flora_app.ml.names import (
     PARTITIONERS,
     PRETRAINED_MODELS,
 )
+from flora_app.tiers import TiersError, parse_tiers
 from strategies.codecs.names import GRANULARITIES, METAS, SPARSITY_SCOPES, VALUE_BITS
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
@@ -321,9 +322,19 @@ class CompressionSection(Section):
         choices=VALUE_BITS,
         why=f" ({VALUE_BITS_MEANING})",
     )
+    tiers: str = key(
+        "",
+        "heterogeneous devices, 'share:value,...': shares of the nodes (summing to 1), each "
+        "asked for its own uplink (a density under flasc, a value width under flocora); "
+        "empty: one uplink for all",
+    )
 
     def check(self) -> None:
         _check_schedule("density-schedule", self.density_schedule)
+        try:
+            parse_tiers(self.tiers)
+        except TiersError as exc:
+            raise ConfigError(f"run-config 'tiers' = {self.tiers!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -414,6 +425,32 @@ class FloraConfig:
     server: ServerOptimizerSection = field(default_factory=ServerOptimizerSection)
     robustness: RobustnessSection = field(default_factory=RobustnessSection)
 
+    def check_across(self) -> None:
+        """What one section cannot check alone: the meaning of ``tiers`` values depends on
+        the strategy."""
+        tiers = parse_tiers(self.compression.tiers)
+        if not tiers:
+            return
+        values = [v for _, v in tiers]
+        strategy = self.run.strategy
+        if strategy == "flasc":
+            bad = [v for v in values if not 0.0 < v <= 1.0]
+            expected = "uplink densities in (0, 1]"
+        elif strategy == "flocora":
+            bad = [v for v in values if v not in VALUE_BITS]
+            expected = f"uplink value widths, one of {', '.join(map(str, VALUE_BITS))}"
+        else:
+            raise ConfigError(
+                f"run-config 'tiers' = {self.compression.tiers!r} with strategy = "
+                f"{strategy!r}: tiers choose flasc densities or flocora bits; use one of those "
+                "or tiers=''"
+            )
+        if bad:
+            raise ConfigError(
+                f"run-config 'tiers' = {self.compression.tiers!r}: values {bad} under "
+                f"{strategy}; expected {expected}"
+            )
+
     @property
     def use_lora(self) -> bool:
         """Whether the model is a frozen base plus LoRA adapters (else it trains in full)."""
@@ -441,7 +478,9 @@ class FloraConfig:
             built = section(**values)
             built.validate()
             sections[attr] = built
-        return cls(**sections)
+        config = cls(**sections)
+        config.check_across()
+        return config
 
     def to_run_config(self) -> dict[str, Any]:
         """The flat, dashed form, as written to ``config.json`` and accepted back."""

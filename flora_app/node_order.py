@@ -20,8 +20,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from flora_app.task import ASK_KEY, ASK_PARTITION
+from flora_app.tiers import TIER_KEY
 
 QUERY_TIMEOUT = 120.0
+
+
+def _index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def partition_query() -> RecordDict:
@@ -39,6 +44,7 @@ class PartitionOrderedGrid(Grid):
         self._grid = grid
         self._timeout = timeout
         self._partition: dict[int, int] = {}
+        self._tier: dict[int, int] = {}  # tiers nodes declared in their node config
         self._silent: set[int] = set()  # asked, no usable answer: ordered last, not re-asked
 
     def _learn(self, nodes: list[int]) -> None:
@@ -51,15 +57,27 @@ class PartitionOrderedGrid(Grid):
         ]
         for reply in self._grid.send_and_receive(asks, timeout=self._timeout):
             node = reply.metadata.src_node_id
-            value = None
+            value = tier = None
             if not reply.has_error():
-                value = reply.content.get("metrics", {}).get(ASK_PARTITION)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                metrics = reply.content.get("metrics", {})
+                value, tier = metrics.get(ASK_PARTITION), metrics.get(TIER_KEY)
+            if _index(value):
                 self._partition[node] = value
+            if _index(tier):
+                self._tier[node] = tier
         for node in unknown:
             if node not in self._partition:
                 self._silent.add(node)
                 log(WARNING, "node %d did not tell its partition-id; it is sampled last", node)
+
+    def partition_of(self, node: int) -> int | None:
+        return self._partition.get(node)
+
+    def declared_tier(self, node: int) -> int | None:
+        return self._tier.get(node)
+
+    def known_partitions(self) -> list[int]:
+        return sorted(set(self._partition.values()))
 
     def _key(self, node: int) -> tuple[int, int, int]:
         if node in self._partition:

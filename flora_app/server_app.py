@@ -39,6 +39,7 @@ from flora_app.results import RunRecorder, make_run_dir, resolve_output_path
 from flora_app.rounds import RoundKeeper
 from flora_app.strategy_factory import build_strategy
 from flora_app.task import data_spec, model_spec
+from flora_app.tiers import NodeTiers, parse_tiers
 from strategies import RoundOffset
 from strategies.chain import innermost
 from strategies.optimizer_state import load_optimizer_state
@@ -101,7 +102,10 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
     model = build_trainable(spec)
     fingerprint = base_fingerprint_of(spec)
     initial = exchanged_state(model, spec)
-    strategy = build_strategy(cfg)
+    # Nodes in partition order (same seed, same run); its partition queries are not metered.
+    ordered = PartitionOrderedGrid(grid)
+    tiers = parse_tiers(cfg.compression.tiers)
+    strategy = build_strategy(cfg, NodeTiers(tiers, cfg.run.seed, ordered) if tiers else None)
 
     total_params = base_parameter_count(spec)
     run_info = {
@@ -140,8 +144,7 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
         len(initial),
     )
 
-    # Nodes in partition order (same seed, same run); its partition queries are not metered.
-    metered = MeteredGrid(PartitionOrderedGrid(grid))
+    metered = MeteredGrid(ordered)
     keeper = RoundKeeper(
         model=model,
         spec=spec,

@@ -39,15 +39,20 @@ def _replies(cfg: FloraConfig) -> dict[str, Any]:
     }
 
 
-def _fedlora(cfg: FloraConfig) -> FedLoRA:
+# What each node is asked to send, by tier (``flora_app.tiers``); None: one uplink for all.
+NodeValue = Callable[[int], float | None] | None
+
+
+def _fedlora(cfg: FloraConfig, tiers: NodeValue = None) -> FedLoRA:
     return FedLoRA(**_sampling(cfg), **_replies(cfg))
 
 
-def _flocora(cfg: FloraConfig) -> FLoCoRA:
+def _flocora(cfg: FloraConfig, tiers: NodeValue = None) -> FLoCoRA:
     c = cfg.compression
     return FLoCoRA(
         **_sampling(cfg),
         quant_bits=c.quant_bits,
+        quant_bits_for_node=None if tiers is None else _as_bits(tiers),
         quant_bits_down=c.quant_bits_down,
         quant_granularity=c.quant_granularity,
         quant_meta=c.quant_meta,
@@ -57,11 +62,12 @@ def _flocora(cfg: FloraConfig) -> FLoCoRA:
     )
 
 
-def _flasc(cfg: FloraConfig) -> FLASC:
+def _flasc(cfg: FloraConfig, tiers: NodeValue = None) -> FLASC:
     c, s = cfg.compression, cfg.server
     return FLASC(
         **_sampling(cfg),
         density_up=c.density_up,
+        density_up_for_node=tiers,
         density_down=c.density_down,
         density_schedule=c.density_schedule,
         sparsity_scope=c.sparsity_scope,
@@ -79,7 +85,15 @@ def _flasc(cfg: FloraConfig) -> FLASC:
 
 # fedavg exchanges the whole model through the same dense fp32 strategy as fedlora: what
 # differs is the model the app builds (``FloraConfig.use_lora``), not the strategy.
-BUILDERS: dict[str, Callable[[FloraConfig], CompressionStrategy]] = {
+def _as_bits(tiers: Callable[[int], float | None]) -> Callable[[int], int | None]:
+    def bits(node: int) -> int | None:
+        value = tiers(node)
+        return None if value is None else int(value)
+
+    return bits
+
+
+BUILDERS: dict[str, Callable[[FloraConfig, NodeValue], CompressionStrategy]] = {
     "fedavg": _fedlora,
     "fedlora": _fedlora,
     "flocora": _flocora,
@@ -88,6 +102,7 @@ BUILDERS: dict[str, Callable[[FloraConfig], CompressionStrategy]] = {
 assert tuple(BUILDERS) == STRATEGIES, "every strategy choice has exactly one builder"
 
 
-def build_strategy(cfg: FloraConfig) -> CompressionStrategy:
-    """The configured strategy, ready for ``start``."""
-    return BUILDERS[cfg.run.strategy](cfg)
+def build_strategy(cfg: FloraConfig, tiers: NodeValue = None) -> CompressionStrategy:
+    """The configured strategy, ready for ``start``; ``tiers`` maps a node to its tier's
+    uplink value (``flora_app.tiers.NodeTiers``) when ``tiers`` is set."""
+    return BUILDERS[cfg.run.strategy](cfg, tiers)

@@ -83,6 +83,10 @@ class CompressionStrategy(Strategy):
         Codec name for evaluation messages; the training downlink when None.
     codecs_for_round : Callable[[int], tuple[str, str]] | None (default: None)
         (downlink, uplink) codec names per round, e.g. a decaying top-k density.
+    uplink_for_node : Callable[[int, int], str | None] | None (default: None)
+        Heterogeneous devices: the uplink codec name (server round, node id) -> spec that one
+        node is asked for, None for the round's common ``uplink``. Each reply is validated
+        against what its node was asked for, so a node cannot pick another tier's codec.
     max_num_examples : int (default: 1,000,000)
         The largest ``num-examples`` a reply may claim.
     """
@@ -96,6 +100,7 @@ class CompressionStrategy(Strategy):
         error_feedback: bool = False,
         evaluate_downlink: str | None = None,
         codecs_for_round: Callable[[int], tuple[str, str]] | None = None,
+        uplink_for_node: Callable[[int, int], str | None] | None = None,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
     ) -> None:
         if reply not in REPLY_MODES:
@@ -110,6 +115,8 @@ class CompressionStrategy(Strategy):
         self.reply = reply
         # (downlink, uplink) codec names per round, e.g. a decaying top-k density.
         self.codecs_for_round = codecs_for_round
+        self.uplink_for_node = uplink_for_node
+        self._asked: dict[int, str] = {}  # node id -> the uplink codec asked of it this round
         self.error_feedback = error_feedback
         self.max_num_examples = max_num_examples
         self._global: OrderedDict[str, np.ndarray] | None = None
@@ -165,26 +172,34 @@ class CompressionStrategy(Strategy):
         )
 
     # --- down ----------------------------------------------------------------------------
-    def _encode(self, messages: Iterable[Message], train: bool) -> list[Message]:
+    def _encode(
+        self, messages: Iterable[Message], train: bool, server_round: int = 0
+    ) -> list[Message]:
         started = time.perf_counter()
-        encoded: dict[int, RecordDict] = {}  # inner strategies share one RecordDict per round
+        # Inner strategies share one RecordDict per round; it is encoded once per uplink asked.
+        encoded: dict[tuple[int, str], RecordDict] = {}
         out = []
         for msg in messages:
-            key = id(msg.content)
+            uplink = self.uplink
+            if train and self.uplink_for_node is not None:
+                node = msg.metadata.dst_node_id
+                uplink = self.uplink_for_node(server_round, node) or self.uplink
+                self._asked[node] = uplink
+            key = (id(msg.content), uplink)
             if key not in encoded:
-                encoded[key] = self._encode_content(msg.content, train)
+                encoded[key] = self._encode_content(msg.content, train, uplink)
             msg.content = encoded[key]
             out.append(msg)
         self._add_seconds(time.perf_counter() - started)
         return out
 
-    def _encode_content(self, content: RecordDict, train: bool) -> RecordDict:
+    def _encode_content(self, content: RecordDict, train: bool, uplink: str) -> RecordDict:
         if not train:
             codec = self.evaluate_downlink
             return encode_content(content, codec, make_header(codec.spec))
         header = make_header(
             self.downlink.spec,
-            reply_codec=self.uplink,
+            reply_codec=uplink,
             reply=self.reply,
             error_feedback=self.error_feedback,
         )
@@ -201,8 +216,9 @@ class CompressionStrategy(Strategy):
             self.downlink, self.uplink_codec = get_codec(down), get_codec(up)
             self.uplink = self.uplink_codec.spec
         self._global = record_to_numpy(arrays)  # the dense global, for shapes and updates
+        self._asked = {}
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
-        return self._encode(messages, train=True)
+        return self._encode(messages, train=True, server_round=server_round)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -225,9 +241,11 @@ class CompressionStrategy(Strategy):
                 f"reply mode {mode!r} differs from the requested {self.reply!r}"
             )
         shapes = {k: v.shape for k, v in self._global.items()}
-        check_payload_size(len(record_to_blob(record)), self.uplink_codec, shapes)
+        asked = self._asked.get(msg.metadata.src_node_id, self.uplink)
+        codec = self.uplink_codec if asked == self.uplink else get_codec(asked)
+        check_payload_size(len(record_to_blob(record)), codec, shapes)
         self._note_payload("up_", record)
-        content = decode_content(msg.content, expected_codec=self.uplink, expected_shapes=shapes)
+        content = decode_content(msg.content, expected_codec=asked, expected_shapes=shapes)
         received = record_to_numpy(content[arrays_key])
         check_finite(received)
         if self.reply == "update":

@@ -9,6 +9,7 @@ carry the dense global (fp32), as FLASC evaluates it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from flwr.serverapp.strategy import Strategy
@@ -32,6 +33,9 @@ class FLASC(CompressionStrategy):
         Share of the update's entries each client sends, in (0, 1].
     density_down : float (default: 0.25)
         Share of the global adapters' entries broadcast to training clients, in (0, 1].
+    density_up_for_node : Callable[[int], float | None] | None (default: None)
+        Heterogeneous devices (FLASC's heterogeneous-density mode): node id -> the uplink
+        density that node is asked for (None: ``density_up``); the schedule scales it too.
     density_schedule : str (default: "constant")
         ``constant`` or ``decay:F:N``: both densities times F every N rounds.
     sparsity_scope : str (default: "global")
@@ -70,6 +74,7 @@ class FLASC(CompressionStrategy):
         min_available_nodes: int = 2,
         density_up: float = 0.1,
         density_down: float = 0.25,
+        density_up_for_node: Callable[[int], float | None] | None = None,
         density_schedule: str = "constant",
         sparsity_scope: str = "global",
         sparse_value_bits: int = 32,
@@ -122,6 +127,12 @@ class FLASC(CompressionStrategy):
                 sparse_spec(density_up * f, sparsity_scope, sparse_value_bits),
             )
 
+        def uplink_for(server_round: int, node: int) -> str | None:
+            density = density_up_for_node(node) if density_up_for_node is not None else None
+            if density is None:
+                return None
+            return sparse_spec(density * factor(server_round), sparsity_scope, sparse_value_bits)
+
         down, up = codecs_for(1)
         super().__init__(
             inner,
@@ -131,5 +142,6 @@ class FLASC(CompressionStrategy):
             error_feedback=error_feedback,
             evaluate_downlink="fp32",
             codecs_for_round=codecs_for,
+            uplink_for_node=uplink_for if density_up_for_node is not None else None,
             max_num_examples=max_num_examples,
         )

@@ -8,6 +8,8 @@ are what Flower sends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flwr.serverapp.strategy import Strategy
 
 from strategies.aggregation import sampled_aggregator
@@ -27,6 +29,9 @@ class FLoCoRA(CompressionStrategy):
         Uplink value width: 1..8 (affine), 16 (fp16) or 32 (fp32).
     quant_bits_down : int (default: 32)
         Downlink value width, as ``quant_bits``; 32 is the paper's fp32 broadcast.
+    quant_bits_for_node : Callable[[int], int | None] | None (default: None)
+        Heterogeneous devices: node id -> the uplink width that node is asked for (None:
+        ``quant_bits``).
     quant_granularity : str (default: "channel")
         One scale and offset per output channel (``channel``, the paper's) or per tensor.
     quant_meta : str (default: "fp16")
@@ -51,6 +56,7 @@ class FLoCoRA(CompressionStrategy):
         min_available_nodes: int = 2,
         quant_bits: int = 8,
         quant_bits_down: int = 32,
+        quant_bits_for_node: Callable[[int], int | None] | None = None,
         quant_granularity: str = "channel",
         quant_meta: str = "fp16",
         reply: str = "update",
@@ -78,11 +84,17 @@ class FLoCoRA(CompressionStrategy):
             min_evaluate_nodes=min_evaluate_nodes,
             min_available_nodes=min_available_nodes,
         )
+
+        def uplink_for(server_round: int, node: int) -> str | None:
+            bits = quant_bits_for_node(node) if quant_bits_for_node is not None else None
+            return None if bits is None else codec_spec(bits, quant_granularity, quant_meta)
+
         super().__init__(
             inner,
             downlink=codec_spec(quant_bits_down, quant_granularity, quant_meta),
             uplink=codec_spec(quant_bits, quant_granularity, quant_meta),
             reply=reply,
             error_feedback=error_feedback,
+            uplink_for_node=None if quant_bits_for_node is None else uplink_for,
             max_num_examples=max_num_examples,
         )

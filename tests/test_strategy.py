@@ -10,7 +10,7 @@ from flwr.app import Array, ConfigRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from strategies import FLASC, FedLoRA, FLoCoRA
-from strategies.chain import innermost
+from strategies.chain import innermost, take_round_metrics
 from strategies.codecs import codec_spec, decode_blob, get_codec
 from strategies.compression import CompressionStrategy
 from strategies.schedules import schedule_factor
@@ -340,3 +340,67 @@ def test_server_lr_schedule_scales_the_optimizer_step_round_by_round() -> None:
         for key in dense:
             np.testing.assert_allclose(got[key], dense[key] + factor * update[key], atol=1e-6)
         dense = got
+
+
+class _TwoNodes:
+    """Enough of a Grid for sampling: nodes 1 and 2."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+
+def _tiered_round(strategy: CompressionStrategy, dense: OrderedDict) -> dict[int, str]:
+    """configure_train on two nodes; the uplink codec each message asks of its node."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from strategies.wire import REPLY_CODEC, read_header
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    messages = strategy.configure_train(1, numpy_to_record(dense), ConfigRecord({}), _TwoNodes())
+    return {m.metadata.dst_node_id: read_header(m.content)[REPLY_CODEC] for m in messages}
+
+
+def test_flasc_tiers_ask_each_node_its_density_and_average_what_was_sent() -> None:
+    """Node 1 sends 20 % of its update, node 2 all of it; server SGD at lr 1 is the
+    example-weighted mean of the two sparse updates, by hand."""
+    tiers = {1: 0.2, 2: 1.0}
+    strategy = FLASC(
+        density_up=0.5,
+        density_down=1.0,
+        density_up_for_node=tiers.get,
+        server_optimizer="sgd",
+        server_lr=1.0,
+        fraction_train=1.0,
+        min_available_nodes=1,
+    )
+    dense = make_arrays(0)
+    asked = _tiered_round(strategy, dense)
+    assert {n: get_codec(s).density for n, s in asked.items()} == tiers
+    updates = {1: (make_arrays(1, scale=0.1), 30), 2: (make_arrays(2, scale=0.1), 10)}
+    replies = [
+        make_reply(u, n, node, asked[node], mode="update") for node, (u, n) in updates.items()
+    ]
+    got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+    sent = {node: decode_blob(get_codec(asked[node]).encode(u)) for node, (u, _) in updates.items()}
+    total = sum(v.size for v in dense.values())
+    assert sum(np.count_nonzero(v) for v in sent[1].values()) == round(0.2 * total)
+    for key in dense:
+        mean = (30 * sent[1][key].astype(np.float64) + 10 * sent[2][key]) / 40
+        np.testing.assert_allclose(got[key], dense[key] + mean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_node_that_answers_in_another_tier_s_codec_is_rejected() -> None:
+    strategy = FLoCoRA(
+        quant_bits=8,
+        quant_bits_for_node={1: 2, 2: 8}.get,
+        fraction_train=1.0,
+        min_available_nodes=1,
+    )
+    asked = _tiered_round(strategy, make_arrays(0))
+    assert [get_codec(asked[n]).bits for n in (1, 2)] == [2, 8]
+    cheat = make_reply(make_arrays(1, scale=0.1), 10, 1, asked[2], mode="update")  # 8 bits
+    honest = make_reply(make_arrays(2, scale=0.1), 10, 2, asked[2], mode="update")
+    strategy.aggregate_train(1, [cheat, honest])
+    metrics = take_round_metrics(strategy)
+    assert metrics["rejected_replies"] == 1
+    assert metrics["aggregated_replies"] == 1

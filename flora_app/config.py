@@ -30,6 +30,7 @@ from flora_app.ml.names import (
 )
 from flora_app.tiers import TiersError, parse_tiers
 from strategies.codecs.names import GRANULARITIES, METAS, SPARSITY_SCOPES, VALUE_BITS
+from strategies.compression import UPDATE_NORM_ACTIONS
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
 # What a value width means (quant-bits, quant-bits-down, sparse-value-bits).
@@ -374,6 +375,16 @@ class RobustnessSection(Section):
         within=at_least(0),
     )
     multi_krum_select: int = key(1, "replies multi-krum keeps and averages", within=at_least(1))
+    max_update_norm: float = key(
+        0.0,
+        "bound on the L2 norm of each reply's update (all tensors), 0 for none",
+        within=at_least(0.0),
+    )
+    update_norm_action: str = key(
+        "clip",
+        "a reply above max-update-norm is scaled down to it, or rejected",
+        choices=UPDATE_NORM_ACTIONS,
+    )
     max_num_examples: int = key(
         1_000_000, "largest num-examples a reply may claim", within=Range(0, low_open=True)
     )

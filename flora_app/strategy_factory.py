@@ -36,6 +36,8 @@ def _replies(cfg: FloraConfig) -> dict[str, Any]:
         "multi_krum_select": r.multi_krum_select,
         "over_selection": r.over_selection,
         "max_num_examples": r.max_num_examples,
+        "max_update_norm": r.max_update_norm,
+        "update_norm_action": r.update_norm_action,
     }
 
 

@@ -58,6 +58,9 @@ from strategies.wire import (
     record_to_numpy,
 )
 
+# What happens to a reply whose update is longer than ``max_update_norm``.
+UPDATE_NORM_ACTIONS = ("clip", "reject")
+
 
 class CompressionStrategy(Strategy):
     """Wrap ``strategy`` so its messages travel through ``downlink`` / ``uplink`` codecs.
@@ -89,6 +92,12 @@ class CompressionStrategy(Strategy):
         against what its node was asked for, so a node cannot pick another tier's codec.
     max_num_examples : int (default: 1,000,000)
         The largest ``num-examples`` a reply may claim.
+    max_update_norm : float (default: 0.0)
+        Bound on the L2 norm (all tensors together) of a reply's update (decoded reply minus
+        the global it was sent), 0 for none. Above it a reply is scaled down to the bound
+        (``update_norm_action="clip"``) or rejected (``"reject"``); counted either way.
+    update_norm_action : str (default: "clip")
+        ``clip`` or ``reject``.
     """
 
     def __init__(
@@ -102,9 +111,19 @@ class CompressionStrategy(Strategy):
         codecs_for_round: Callable[[int], tuple[str, str]] | None = None,
         uplink_for_node: Callable[[int, int], str | None] | None = None,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
+        max_update_norm: float = 0.0,
+        update_norm_action: str = "clip",
     ) -> None:
         if reply not in REPLY_MODES:
             raise ValueError(f"reply = {reply!r}: expected one of {', '.join(REPLY_MODES)}")
+        if not max_update_norm >= 0.0 or update_norm_action not in UPDATE_NORM_ACTIONS:
+            raise ValueError(
+                f"max_update_norm = {max_update_norm!r}, update_norm_action = "
+                f"{update_norm_action!r}: expected >= 0 and one of "
+                f"{', '.join(UPDATE_NORM_ACTIONS)}"
+            )
+        self.max_update_norm = float(max_update_norm)
+        self.update_norm_action = update_norm_action
         self.strategy = strategy
         self.downlink = get_codec(downlink)
         # Evaluation messages may travel denser than training ones (FLASC evaluates the dense
@@ -253,7 +272,29 @@ class CompressionStrategy(Strategy):
                 received = OrderedDict((k, self._global[k] + received[k]) for k in self._global)
             check_finite(received)  # a finite update can still overflow the sum
             content[arrays_key] = numpy_to_record(received)
+        if self.max_update_norm > 0.0:
+            bounded = self._bounded(received)
+            if bounded is not received:
+                content[arrays_key] = numpy_to_record(bounded)
         return content
+
+    def _bounded(self, received: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        """``received`` with its update (received minus the global) within the norm bound,
+        clipped as DP clips (scaled by bound / norm), or ``RejectedReplyError``."""
+        assert self._global is not None
+        update = {k: received[k].astype(np.float64) - self._global[k] for k in self._global}
+        norm = float(np.sqrt(sum(float(np.sum(u * u)) for u in update.values())))
+        if norm <= self.max_update_norm:
+            return received
+        if self.update_norm_action == "reject":
+            raise RejectedReplyError(
+                f"update norm {norm:.4g} exceeds max-update-norm {self.max_update_norm:g}"
+            )
+        self._round_metrics["clipped_replies"] = self._round_metrics.get("clipped_replies", 0) + 1
+        factor = self.max_update_norm / norm
+        return OrderedDict(
+            (k, (self._global[k] + update[k] * factor).astype(np.float32)) for k in self._global
+        )
 
     def _decode(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         started = time.perf_counter()
@@ -267,6 +308,8 @@ class CompressionStrategy(Strategy):
                     msg = self._rejected(server_round, msg, exc)
             out.append(msg)
         self._round_metrics["rejected_replies"] = float(rejected)
+        if self.max_update_norm > 0.0:
+            self._round_metrics.setdefault("clipped_replies", 0.0)
         self._add_seconds(time.perf_counter() - started)
         return out
 

@@ -46,6 +46,9 @@ class FedLoRA(CompressionStrategy):
         global ``random`` is shared with its heartbeat thread). None draws a seed at random.
     max_num_examples : int (default: 1,000,000)
         The largest ``num-examples`` a reply may claim before it is rejected.
+    max_update_norm, update_norm_action : float, str (default: 0.0, "clip")
+        A bound on each reply's update norm, and whether a longer one is clipped or rejected
+        (``CompressionStrategy``).
     """
 
     def __init__(
@@ -64,6 +67,8 @@ class FedLoRA(CompressionStrategy):
         over_selection: float = 0.0,
         seed: int | None = None,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
+        max_update_norm: float = 0.0,
+        update_norm_action: str = "clip",
     ) -> None:
         inner = sampled_aggregator(
             strategy,
@@ -79,4 +84,11 @@ class FedLoRA(CompressionStrategy):
             min_evaluate_nodes=min_evaluate_nodes,
             min_available_nodes=min_available_nodes,
         )
-        super().__init__(inner, "fp32", "fp32", max_num_examples=max_num_examples)
+        super().__init__(
+            inner,
+            "fp32",
+            "fp32",
+            max_num_examples=max_num_examples,
+            max_update_norm=max_update_norm,
+            update_norm_action=update_norm_action,
+        )

@@ -58,7 +58,8 @@ class FLASC(CompressionStrategy):
         What the optimizer steps on: the ``mean``, ``median`` or ``trimmed-mean`` of the
         updates, or what ``krum``, ``multi-krum`` or ``bulyan`` make of them (FLASC's is the
         mean).
-    trim_fraction, malicious_nodes, multi_krum_select, over_selection, seed, max_num_examples
+    trim_fraction, malicious_nodes, multi_krum_select, over_selection, seed, max_num_examples,
+    max_update_norm, update_norm_action
         As in ``FedLoRA``.
     strategy : Strategy | None (default: None)
         A Flower strategy to use instead of the server optimizer built from the arguments above.
@@ -93,6 +94,8 @@ class FLASC(CompressionStrategy):
         over_selection: float = 0.0,
         seed: int | None = None,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
+        max_update_norm: float = 0.0,
+        update_norm_action: str = "clip",
     ) -> None:
         optimizer = partial(
             build_server_optimizer,
@@ -144,4 +147,6 @@ class FLASC(CompressionStrategy):
             codecs_for_round=codecs_for,
             uplink_for_node=uplink_for if density_up_for_node is not None else None,
             max_num_examples=max_num_examples,
+            max_update_norm=max_update_norm,
+            update_norm_action=update_norm_action,
         )

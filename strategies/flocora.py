@@ -42,7 +42,7 @@ class FLoCoRA(CompressionStrategy):
     error_feedback : bool (default: False)
         Clients carry their quantization residual into their next reply (not in the paper).
     aggregation, trim_fraction, malicious_nodes, multi_krum_select, strategy, over_selection,
-    seed, max_num_examples
+    seed, max_num_examples, max_update_norm, update_norm_action
         As in ``FedLoRA``: what combines the dequantized replies, and which replies count.
     """
 
@@ -69,6 +69,8 @@ class FLoCoRA(CompressionStrategy):
         over_selection: float = 0.0,
         seed: int | None = None,
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
+        max_update_norm: float = 0.0,
+        update_norm_action: str = "clip",
     ) -> None:
         inner = sampled_aggregator(
             strategy,
@@ -97,4 +99,6 @@ class FLoCoRA(CompressionStrategy):
             error_feedback=error_feedback,
             uplink_for_node=None if quant_bits_for_node is None else uplink_for,
             max_num_examples=max_num_examples,
+            max_update_norm=max_update_norm,
+            update_norm_action=update_norm_action,
         )

@@ -404,3 +404,50 @@ def test_a_node_that_answers_in_another_tier_s_codec_is_rejected() -> None:
     metrics = take_round_metrics(strategy)
     assert metrics["rejected_replies"] == 1
     assert metrics["aggregated_replies"] == 1
+
+
+def _norm(arrays: dict) -> float:
+    return float(
+        np.sqrt(sum(np.sum(np.asarray(v, dtype=np.float64) ** 2) for v in arrays.values()))
+    )
+
+
+def test_max_update_norm_clips_a_long_update_to_the_bound_and_counts_it() -> None:
+    strategy = FedLoRA(max_update_norm=2.0, **ONE_NODE)
+    dense = make_arrays(0)
+    send_round(strategy, dense)
+    short = OrderedDict((k, v + 0.01) for k, v in dense.items())
+    long_update = make_arrays(5, scale=3.0)
+    long = OrderedDict((k, dense[k] + long_update[k]) for k in dense)
+    replies = [make_reply(short, 10, 1, "fp32"), make_reply(long, 10, 2, "fp32")]
+    got = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+    factor = 2.0 / _norm(long_update)
+    for key in dense:  # mean of the short reply and the long one scaled onto the bound
+        clipped = dense[key] + long_update[key].astype(np.float64) * factor
+        np.testing.assert_allclose(got[key], (short[key] + clipped) / 2, rtol=1e-5, atol=1e-6)
+    metrics = take_round_metrics(strategy)
+    assert metrics["clipped_replies"] == 1 and metrics["rejected_replies"] == 0
+
+
+def test_max_update_norm_can_reject_instead() -> None:
+    strategy = FedLoRA(max_update_norm=2.0, update_norm_action="reject", **ONE_NODE)
+    dense = make_arrays(0)
+    send_round(strategy, dense)
+    long = OrderedDict((k, v + make_arrays(5, scale=3.0)[k]) for k, v in dense.items())
+    strategy.aggregate_train(1, [make_reply(long, 10, 2, "fp32")])
+    assert take_round_metrics(strategy)["rejected_replies"] == 1
+    with pytest.raises(ValueError, match="update_norm_action"):
+        FedLoRA(max_update_norm=1.0, update_norm_action="drop")
+
+
+def test_the_bound_holds_for_every_decoded_sparse_update() -> None:
+    """FLASC, server SGD at lr 1 on one reply: the step is the decoded, clipped update."""
+    strategy = _flasc("sgd", 1.0, density_up=0.3, max_update_norm=0.5)
+    dense = make_arrays(0)
+    send_round(strategy, dense)
+    for seed in range(1, 4):
+        (reply,) = _sparse_replies(strategy, [(make_arrays(seed, scale=0.5), 5)])
+        got = record_to_numpy(strategy.aggregate_train(1, [reply])[0])
+        step = {k: got[k].astype(np.float64) - dense[k] for k in dense}
+        assert _norm(step) <= 0.5 * (1 + 1e-5)
+        assert _norm(step) > 0.4  # it was long: clipped onto the bound, not zeroed

@@ -27,12 +27,13 @@ from flora_app.ml.training import evaluate as evaluate_model
 from flora_app.ml.training import train as train_model
 from flora_app.task import ASK_KEY, ASK_PARTITION, load_client_data, model_spec, partition_of
 from flora_app.tiers import TIER_KEY
-from strategies.mod import compression_mod
+from strategies.mod import client_clipping_mod, compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
 
 # chaos_mod is outermost, so with ``chaos-clients`` it spoils the reply as it would travel;
-# attack_mod is innermost, so with ``byzantine-clients`` the codec encodes the attacked reply.
-app = ClientApp(mods=[chaos_mod, compression_mod, attack_mod])
+# attack_mod is inside compression_mod, so the codec encodes the attacked reply, and outside
+# client_clipping_mod (DP with dp-clipping='client'), as an attacker would skip the clipping.
+app = ClientApp(mods=[chaos_mod, compression_mod, attack_mod, client_clipping_mod])
 
 
 class BaseModelMismatchError(RuntimeError):

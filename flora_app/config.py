@@ -29,8 +29,8 @@ from flora_app.ml.names import (
     PRETRAINED_MODELS,
 )
 from flora_app.tiers import TiersError, parse_tiers
+from strategies.choices import CLIPPING_SIDES, UPDATE_NORM_ACTIONS
 from strategies.codecs.names import GRANULARITIES, METAS, SPARSITY_SCOPES, VALUE_BITS
-from strategies.compression import UPDATE_NORM_ACTIONS
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
 # What a value width means (quant-bits, quant-bits-down, sparse-value-bits).
@@ -411,6 +411,29 @@ class RobustnessSection(Section):
     attack_scale: float = key(10.0, "factor of the scale attack", within=POSITIVE)
 
 
+@dataclass(frozen=True)
+class PrivacySection(Section):
+    title: ClassVar[str] = "Differential privacy (central)"
+    dp_noise_multiplier: float = key(
+        0.0,
+        "Gaussian noise on the mean of clipped updates, as a multiple of dp-clipping-norm; "
+        "0: no DP",
+        within=at_least(0.0),
+    )
+    dp_clipping_norm: float = key(
+        1.0, "L2 bound of each client's update (all tensors), under DP", within=POSITIVE
+    )
+    dp_clipping: str = key(
+        "server",
+        "where updates are clipped: the server, on what it decodes; or the clients too, before "
+        "encoding (Flower's fixedclipping_mod)",
+        choices=CLIPPING_SIDES,
+    )
+    dp_delta: float = key(
+        1e-5, "the delta at which epsilon is reported", within=Range(0.0, 1.0, True, True)
+    )
+
+
 SECTIONS: dict[str, type[Section]] = {
     "run": RunSection,
     "data": DataSection,
@@ -420,6 +443,7 @@ SECTIONS: dict[str, type[Section]] = {
     "compression": CompressionSection,
     "server": ServerOptimizerSection,
     "robustness": RobustnessSection,
+    "privacy": PrivacySection,
 }
 
 
@@ -435,10 +459,28 @@ class FloraConfig:
     compression: CompressionSection = field(default_factory=CompressionSection)
     server: ServerOptimizerSection = field(default_factory=ServerOptimizerSection)
     robustness: RobustnessSection = field(default_factory=RobustnessSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
 
     def check_across(self) -> None:
         """What one section cannot check alone: the meaning of ``tiers`` values depends on
-        the strategy."""
+        the strategy; DP needs the mean of every sampled reply and its own clipping."""
+        if self.privacy.dp_noise_multiplier > 0.0:
+            r = self.robustness
+            clash = (
+                ("aggregation", r.aggregation, "'mean' (the noise is calibrated to a mean)")
+                if r.aggregation != "mean"
+                else ("over-selection", r.over_selection, "0 (every sampled reply counts)")
+                if r.over_selection > 0.0
+                else ("max-update-norm", r.max_update_norm, "0 (dp-clipping-norm bounds updates)")
+                if r.max_update_norm > 0.0
+                else None
+            )
+            if clash:
+                name, value, expected = clash
+                raise ConfigError(
+                    f"run-config '{name}' = {value!r} with dp-noise-multiplier > 0: expected "
+                    f"{expected}"
+                )
         tiers = parse_tiers(self.compression.tiers)
         if not tiers:
             return

@@ -80,6 +80,9 @@ class RunRecorder:
         up = sum(r["bytes_up"] for r in self.rounds)
         down = sum(r["bytes_down"] for r in self.rounds)
         last = self.rounds[-1] if self.rounds else {}
+        privacy = {}
+        if "dp_epsilon" in last:  # a private run: epsilon spent, at the configured delta
+            privacy = {"dp_epsilon": last["dp_epsilon"], "dp_delta": self.config.get("dp-delta")}
         return {
             "strategy": self.config.get("strategy"),
             "rounds": n,
@@ -97,6 +100,7 @@ class RunRecorder:
                 r.get("bytes_eval_up", 0) + r.get("bytes_eval_down", 0) for r in self.rounds
             ),
             "wall_seconds": self.elapsed(),
+            **privacy,
         }
 
     def finish(self) -> dict[str, Any]:
@@ -129,6 +133,8 @@ def progress_line(record: dict[str, Any], history: list[dict[str, Any]]) -> str:
         f"down {record['bytes_down'] / MB:.3f} MB (cum {cum_down:.2f}) | "
         f"{record['seconds']:.1f} s"
     )
+    if "dp_epsilon" in record:
+        line += f" | epsilon {record['dp_epsilon']:.3g}"
     lost = {k: int(record.get(f"{k}_replies", 0)) for k in ("rejected", "failed", "spare")}
     if any(lost.values()):
         used = int(record.get("aggregated_replies", 0))

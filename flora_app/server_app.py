@@ -41,8 +41,9 @@ from flora_app.strategy_factory import build_strategy
 from flora_app.task import data_spec, model_spec
 from flora_app.tiers import NodeTiers, parse_tiers
 from strategies import RoundOffset
-from strategies.chain import innermost
+from strategies.chain import innermost, strategy_chain
 from strategies.optimizer_state import load_optimizer_state
+from strategies.privacy import PrivacyAccounting
 from strategies.wire import numpy_to_record
 
 app = ServerApp()
@@ -125,6 +126,9 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
         recorder = RunRecorder(run_dir, run_info, history=resume)
         initial = OrderedDict((k, resume.global_arrays[k]) for k in initial)
         load_optimizer_state(innermost(strategy), resume.optimizer)
+        for part in strategy_chain(strategy):  # DP: epsilon continues from the rounds done
+            if isinstance(part, PrivacyAccounting):
+                part.replay(resume.rounds)
         restore_rng(resume.python_rng, resume.numpy_rng)
         log(
             INFO,

@@ -38,6 +38,10 @@ def _replies(cfg: FloraConfig) -> dict[str, Any]:
         "max_num_examples": r.max_num_examples,
         "max_update_norm": r.max_update_norm,
         "update_norm_action": r.update_norm_action,
+        "dp_noise_multiplier": cfg.privacy.dp_noise_multiplier,
+        "dp_clipping_norm": cfg.privacy.dp_clipping_norm,
+        "dp_clipping": cfg.privacy.dp_clipping,
+        "dp_delta": cfg.privacy.dp_delta,
     }
 
 

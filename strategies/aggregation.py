@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     Bulyan,
     FedAdam,
@@ -26,8 +26,10 @@ from flwr.serverapp.strategy import (
     MultiKrum,
     Strategy,
 )
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_stdv
 
 from strategies.node_sampling import NodeSampling
+from strategies.privacy import PrivacyAccounting
 from strategies.schedules import schedule_factor
 
 # The ``aggregation`` choices: combiners of the decoded replies.
@@ -154,6 +156,64 @@ class FedAvgMBulyan(_ByzantineSettings, ScheduledFedAvgM, Bulyan):
     """Server SGD on Bulyan's aggregate."""
 
 
+class _GaussianMean:
+    """Central DP's Gaussian mechanism on the mean of the (already clipped) replies.
+
+    Every valid reply weighs the same, because the noise is calibrated to a uniform mean: with
+    updates clipped to ``clipping_norm``, the sum of m of them changes by at most
+    ``clipping_norm`` when one client's data changes, so noise of ``noise_multiplier`` x
+    ``clipping_norm`` on the sum (divided by m on the mean, Flower's ``compute_stdv``) is the
+    Gaussian mechanism. Sitting below FLASC's optimizer in the MRO, the noise goes on the mean
+    update Adam or SGD then steps on, not on the optimizer's output. Flower's
+    ``DifferentialPrivacyServerSideFixedClipping`` is not used for this: it adds its noise to
+    what the wrapped strategy returns (after Adam's step), needs the sample size when it is
+    built (ours follows the nodes online) and drops the whole round on one error reply (a
+    rejected reply is one here); its noise and clipping primitives are used.
+    """
+
+    noise_multiplier = 0.0
+    clipping_norm = 1.0
+
+    def set_privacy(self, noise_multiplier: float, clipping_norm: float) -> None:
+        if not noise_multiplier > 0.0 or not clipping_norm > 0.0:
+            raise ValueError(
+                f"noise_multiplier = {noise_multiplier!r}, clipping_norm = {clipping_norm!r}: "
+                "expected both > 0"
+            )
+        self.noise_multiplier = noise_multiplier
+        self.clipping_norm = clipping_norm
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid = [m for m in replies if not m.has_error()]
+        key = getattr(self, "weighted_by_key", "num-examples")
+        for msg in valid:
+            for record in msg.content.metric_records.values():
+                if key in record:
+                    record[key] = 1  # uniform mean: see the class docstring
+        arrays, metrics = super().aggregate_train(server_round, valid)  # type: ignore[misc]
+        if arrays is None:
+            return arrays, metrics
+        noisy = arrays.to_numpy_ndarrays()
+        stdv = compute_stdv(self.noise_multiplier, self.clipping_norm, len(valid))
+        add_gaussian_noise_inplace(noisy, stdv)
+        out = ArrayRecord({k: Array(v) for k, v in zip(arrays.keys(), noisy, strict=True)})
+        return out, metrics
+
+
+class DPFedAvg(_GaussianMean, FedAvg):
+    """Uniform mean of the clipped replies plus Gaussian noise (central DP)."""
+
+
+class DPFedAdam(ScheduledFedAdam, DPFedAvg):
+    """Adam on the noisy uniform mean of the clipped updates (FLASC under central DP)."""
+
+
+class DPFedAvgM(ScheduledFedAvgM, DPFedAvg):
+    """Server SGD on the noisy uniform mean of the clipped updates."""
+
+
 _OPTIMIZER_CLASSES: dict[tuple[str, str], type[FedAvg]] = {
     ("adam", "mean"): ScheduledFedAdam,
     ("adam", "median"): FedAdamMedian,
@@ -194,16 +254,33 @@ def _check(aggregation: str) -> None:
         raise ValueError(f"aggregation {aggregation!r}: expected one of {', '.join(COMBINERS)}")
 
 
+def _private(aggregation: str, noise_multiplier: float) -> bool:
+    """Whether the combiner adds DP noise; only a uniform mean has the sensitivity it needs."""
+    if noise_multiplier > 0.0 and aggregation != "mean":
+        raise ValueError(
+            f"aggregation = {aggregation!r} with DP noise: the noise is calibrated to the mean "
+            "of clipped updates; use aggregation='mean'"
+        )
+    return noise_multiplier > 0.0
+
+
 def combiner(
     aggregation: str,
     trim_fraction: float,
     malicious_nodes: int = 0,
     multi_krum_select: int = 1,
+    noise_multiplier: float = 0.0,
+    clipping_norm: float = 1.0,
     **sampling: Any,
 ) -> FedAvg:
     """Flower's FedAvg, FedMedian, FedTrimmedAvg (cutting ``trim_fraction`` per tail), Krum,
-    MultiKrum (keeping ``multi_krum_select``) or Bulyan (assuming ``malicious_nodes``)."""
+    MultiKrum (keeping ``multi_krum_select``) or Bulyan (assuming ``malicious_nodes``); with
+    ``noise_multiplier`` > 0, the uniform mean plus Gaussian noise (``DPFedAvg``)."""
     _check(aggregation)
+    if _private(aggregation, noise_multiplier):
+        private = DPFedAvg(**sampling)
+        private.set_privacy(noise_multiplier, clipping_norm)
+        return private
     settings = _combiner_settings(aggregation, trim_fraction, malicious_nodes, multi_krum_select)
     return COMBINERS[aggregation](**settings, **sampling)
 
@@ -220,9 +297,12 @@ def server_optimizer(
     trim_fraction: float = 0.2,
     malicious_nodes: int = 0,
     multi_krum_select: int = 1,
+    noise_multiplier: float = 0.0,
+    clipping_norm: float = 1.0,
     **sampling: Any,
 ) -> FedAvg:
-    """Flower's FedAdam (``adam``) or FedAvgM without momentum (``sgd``) over ``aggregation``.
+    """Flower's FedAdam (``adam``) or FedAvgM without momentum (``sgd``) over ``aggregation``
+    (over the noisy mean, ``DPFedAvg``, when ``noise_multiplier`` > 0).
 
     Adam's epsilon defaults to Flower's own ``tau`` (1e-3, after Reddi et al.), not PyTorch's
     1e-8: the mean sparse update is mostly far below it, so small coordinates step in
@@ -235,13 +315,18 @@ def server_optimizer(
         raise ValueError(
             f"server optimizer {name!r}: expected one of {', '.join(SERVER_OPTIMIZERS)}"
         )
+    private = _private(aggregation, noise_multiplier)
     cls = _OPTIMIZER_CLASSES[(name, aggregation)]
+    if private:
+        cls = DPFedAdam if name == "adam" else DPFedAvgM
     extra = _combiner_settings(aggregation, trim_fraction, malicious_nodes, multi_krum_select)
     if name == "adam":
         strategy = cls(eta=lr, eta_l=lr, beta_1=beta1, beta_2=beta2, tau=eps, **extra, **sampling)
     else:
         strategy = cls(server_learning_rate=lr, server_momentum=0.0, **extra, **sampling)
     strategy.set_lr_schedule(lr_schedule)  # type: ignore[attr-defined]
+    if private:
+        strategy.set_privacy(noise_multiplier, clipping_norm)  # type: ignore[attr-defined]
     return strategy
 
 
@@ -254,19 +339,28 @@ def sampled_aggregator(
     seed: int | None = None,
     malicious_nodes: int = 0,
     multi_krum_select: int = 1,
+    privacy: dict[str, Any] | None = None,
     build: Callable[..., FedAvg] = combiner,
     **sampling: Any,
-) -> NodeSampling:
+) -> Strategy:
     """The strategy beneath a compression wrapper, sampling nodes from ``seed`` and
     over-selecting: ``strategy`` if given (any Flower strategy), else
     ``build(aggregation=..., trim_fraction=..., **sampling)`` (a combiner, or FLASC's server
     optimizer over one)."""
+    private = privacy is not None and privacy.get("noise_multiplier", 0.0) > 0.0
+    if private and (strategy is not None or over_selection > 0.0):
+        raise ValueError(
+            "DP noise with strategy= or over_selection > 0: the noise is added by flora's own "
+            "mean of the replies it aggregates; use neither"
+        )
     if strategy is None:
         strategy = build(
             aggregation=aggregation,
             trim_fraction=trim_fraction,
             malicious_nodes=malicious_nodes,
             multi_krum_select=multi_krum_select,
+            noise_multiplier=privacy["noise_multiplier"] if private else 0.0,
+            clipping_norm=privacy["clipping_norm"] if private else 1.0,
             **sampling,
         )
     elif aggregation != "mean":
@@ -274,4 +368,7 @@ def sampled_aggregator(
             f"aggregation = {aggregation!r} with strategy = {type(strategy).__name__}: "
             "give one of them; the given strategy already aggregates"
         )
-    return NodeSampling(strategy, seed=seed, over_selection=over_selection)
+    sampled = NodeSampling(strategy, seed=seed, over_selection=over_selection)
+    if not private:
+        return sampled
+    return PrivacyAccounting(sampled, **privacy)  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.choices import UPDATE_NORM_ACTIONS
 from strategies.codecs import CodecError, get_codec
 from strategies.validation import (
     DEFAULT_MAX_NUM_EXAMPLES,
@@ -57,9 +58,6 @@ from strategies.wire import (
     record_to_blob,
     record_to_numpy,
 )
-
-# What happens to a reply whose update is longer than ``max_update_norm``.
-UPDATE_NORM_ACTIONS = ("clip", "reject")
 
 
 class CompressionStrategy(Strategy):

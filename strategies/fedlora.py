@@ -7,6 +7,7 @@ from flwr.serverapp.strategy import Strategy
 
 from strategies.aggregation import sampled_aggregator
 from strategies.compression import CompressionStrategy
+from strategies.privacy import private_round_settings
 from strategies.validation import DEFAULT_MAX_NUM_EXAMPLES
 
 
@@ -49,6 +50,12 @@ class FedLoRA(CompressionStrategy):
     max_update_norm, update_norm_action : float, str (default: 0.0, "clip")
         A bound on each reply's update norm, and whether a longer one is clipped or rejected
         (``CompressionStrategy``).
+    dp_noise_multiplier : float (default: 0.0)
+        Central DP (``strategies.privacy``) when > 0: every decoded update is clipped to
+        ``dp_clipping_norm``, their uniform mean gets Gaussian noise of this multiplier, and
+        ε at ``dp_delta`` is accounted per round. Needs ``aggregation="mean"``.
+    dp_clipping_norm, dp_clipping, dp_delta : float, str, float (default: 1.0, "server", 1e-5)
+        The clipping bound, whether clients clip before encoding too (``client``), and δ.
     """
 
     def __init__(
@@ -69,13 +76,26 @@ class FedLoRA(CompressionStrategy):
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
+        dp_noise_multiplier: float = 0.0,
+        dp_clipping_norm: float = 1.0,
+        dp_clipping: str = "server",
+        dp_delta: float = 1e-5,
     ) -> None:
+        privacy, max_update_norm, update_norm_action = private_round_settings(
+            dp_noise_multiplier,
+            dp_clipping_norm,
+            dp_delta,
+            dp_clipping,
+            max_update_norm,
+            update_norm_action,
+        )
         inner = sampled_aggregator(
             strategy,
             aggregation=aggregation,
             trim_fraction=trim_fraction,
             malicious_nodes=malicious_nodes,
             multi_krum_select=multi_krum_select,
+            privacy=privacy,
             over_selection=over_selection,
             seed=seed,
             fraction_train=fraction_train,

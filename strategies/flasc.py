@@ -18,6 +18,7 @@ from strategies.aggregation import sampled_aggregator
 from strategies.aggregation import server_optimizer as build_server_optimizer
 from strategies.codecs import sparse_spec
 from strategies.compression import CompressionStrategy
+from strategies.privacy import private_round_settings
 from strategies.schedules import schedule_factor
 from strategies.validation import DEFAULT_MAX_NUM_EXAMPLES
 
@@ -59,7 +60,8 @@ class FLASC(CompressionStrategy):
         updates, or what ``krum``, ``multi-krum`` or ``bulyan`` make of them (FLASC's is the
         mean).
     trim_fraction, malicious_nodes, multi_krum_select, over_selection, seed, max_num_examples,
-    max_update_norm, update_norm_action
+    max_update_norm, update_norm_action, dp_noise_multiplier, dp_clipping_norm, dp_clipping,
+    dp_delta
         As in ``FedLoRA``.
     strategy : Strategy | None (default: None)
         A Flower strategy to use instead of the server optimizer built from the arguments above.
@@ -96,7 +98,19 @@ class FLASC(CompressionStrategy):
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
+        dp_noise_multiplier: float = 0.0,
+        dp_clipping_norm: float = 1.0,
+        dp_clipping: str = "server",
+        dp_delta: float = 1e-5,
     ) -> None:
+        privacy, max_update_norm, update_norm_action = private_round_settings(
+            dp_noise_multiplier,
+            dp_clipping_norm,
+            dp_delta,
+            dp_clipping,
+            max_update_norm,
+            update_norm_action,
+        )
         optimizer = partial(
             build_server_optimizer,
             server_optimizer,
@@ -112,6 +126,7 @@ class FLASC(CompressionStrategy):
             trim_fraction=trim_fraction,
             malicious_nodes=malicious_nodes,
             multi_krum_select=multi_krum_select,
+            privacy=privacy,
             over_selection=over_selection,
             seed=seed,
             build=optimizer,

@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Strategy
 from strategies.aggregation import sampled_aggregator
 from strategies.codecs import codec_spec
 from strategies.compression import CompressionStrategy
+from strategies.privacy import private_round_settings
 from strategies.validation import DEFAULT_MAX_NUM_EXAMPLES
 
 
@@ -42,7 +43,8 @@ class FLoCoRA(CompressionStrategy):
     error_feedback : bool (default: False)
         Clients carry their quantization residual into their next reply (not in the paper).
     aggregation, trim_fraction, malicious_nodes, multi_krum_select, strategy, over_selection,
-    seed, max_num_examples, max_update_norm, update_norm_action
+    seed, max_num_examples, max_update_norm, update_norm_action, dp_noise_multiplier,
+    dp_clipping_norm, dp_clipping, dp_delta
         As in ``FedLoRA``: what combines the dequantized replies, and which replies count.
     """
 
@@ -71,13 +73,26 @@ class FLoCoRA(CompressionStrategy):
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
+        dp_noise_multiplier: float = 0.0,
+        dp_clipping_norm: float = 1.0,
+        dp_clipping: str = "server",
+        dp_delta: float = 1e-5,
     ) -> None:
+        privacy, max_update_norm, update_norm_action = private_round_settings(
+            dp_noise_multiplier,
+            dp_clipping_norm,
+            dp_delta,
+            dp_clipping,
+            max_update_norm,
+            update_norm_action,
+        )
         inner = sampled_aggregator(
             strategy,
             aggregation=aggregation,
             trim_fraction=trim_fraction,
             malicious_nodes=malicious_nodes,
             multi_krum_select=multi_krum_select,
+            privacy=privacy,
             over_selection=over_selection,
             seed=seed,
             fraction_train=fraction_train,

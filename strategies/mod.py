@@ -5,6 +5,7 @@ the reply the way the message's header asks: the trained tensors or the update (
 received), optionally adding last round's quantization residual first (error feedback, kept in
 ``context.state`` so it works the same in simulation and deployment). Handlers therefore stay as
 plain as Flower's quickstart and never see a codec. Messages without a header pass through.
+``client_clipping_mod`` is central DP's client side (``strategies.privacy``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections import OrderedDict
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from strategies.codecs import CodecError, decode_blob, get_codec
 from strategies.wire import (
@@ -102,3 +105,14 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
         if use_feedback:
             metrics["residual-carried"] = float(carried)
     return reply
+
+
+def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` for the training messages that ask for it (their config
+    carries the clipping norm, ``clipping="client"``); every other message passes. Flower's mod
+    answers a message without the norm with an error, so it cannot sit in the ClientApp's mod
+    list as it is. Place it inside ``compression_mod``: it clips the plain update."""
+    configs = msg.content.config_records.values() if msg.has_content() else []
+    if msg.metadata.message_type == "train" and any(KEY_CLIPPING_NORM in c for c in configs):
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)

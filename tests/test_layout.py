@@ -61,6 +61,7 @@ def test_the_client_app_imports_no_strategy_class() -> None:
             "strategies.codecs",
             "strategies.codecs.names",
             "strategies.schedules",
+            "strategies.choices",
         }
         assert not strategy_modules, f"flora_app/{name} imports {sorted(strategy_modules)}"
         assert "flora_app.strategy_factory" not in imported

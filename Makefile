@@ -8,8 +8,9 @@ PIP_TOOLS_VERSION := 7.6.2
 SUPERNODES ?= 10
 RUN_CONFIG ?=
 BENCH_ARGS ?=
+FUZZ_SECONDS ?= 120
 
-.PHONY: install run test test-fast lint clean bench
+.PHONY: install run test test-fast lint clean bench fuzz
 
 install: $(VENV)/.installed
 
@@ -63,6 +64,12 @@ bench: install fashion-mnist
 .PHONY: fashion-mnist
 fashion-mnist: install
 	$(BIN)/python -m flora_tools.datasets fashion-mnist
+
+# Coverage-guided fuzzing (atheris) of the decoder, a whole reply, the run-config and
+# checkpoint loading: FUZZ_SECONDS per target, executions printed; `make test` replays the
+# committed corpus (tests/fuzz_corpus) with a short seeded budget.
+fuzz: install
+	$(BIN)/python -m flora_tools.fuzz --all --seconds $(FUZZ_SECONDS)
 
 test: install fashion-mnist
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q

@@ -15,6 +15,7 @@ import zlib
 from collections import OrderedDict
 
 import numpy as np
+import pytest
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from hypothesis import HealthCheck, given, settings
@@ -200,3 +201,37 @@ def _message(arrays: OrderedDict, codec: str, reply: str, src: int):
     encoded = encode_content(content, get_codec(codec), make_header(codec, reply=reply))
     assert record_to_blob(encoded["arrays"])  # a real container to start from
     return make_message(encoded, src=src, mid=str(src))
+
+
+@pytest.mark.parametrize("target", ["decoder", "reply", "run-config", "checkpoint"])
+def test_the_atheris_target_replays_its_corpus_and_survives_a_short_seeded_run(
+    target: str, tmp_path
+) -> None:
+    """The committed corpus (``tests/fuzz_corpus``) plus 2,000 coverage-guided inputs, seeded;
+    ``make fuzz`` runs the long budget. New inputs go to a scratch folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    corpus = root / "tests" / "fuzz_corpus" / target
+    assert len(list(corpus.iterdir())) >= 1
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flora_tools.fuzz",
+            target,
+            "-runs=2000",
+            "-seed=1",
+            str(tmp_path),
+            str(corpus),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Done 2000 runs" in proc.stderr

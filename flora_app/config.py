@@ -273,6 +273,11 @@ class LoraSection(Section):
         "in full + norms + head (FLoCoRA's modes)",
         choices=LORA_MODES,
     )
+    lora_freeze_a: bool = key(
+        False,
+        "FFA-LoRA: A stays at its seeded init everywhere, only B trains and travels (half the "
+        "adapter traffic)",
+    )
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def model_spec(cfg: FloraConfig, dataset: Dataset) -> ModelSpec:
         lora_r=cfg.lora.lora_r,
         lora_alpha=cfg.lora.lora_alpha,
         lora_mode=cfg.lora.lora_mode,
+        lora_freeze_a=cfg.lora.lora_freeze_a,
     )
 
 

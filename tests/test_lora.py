@@ -324,3 +324,63 @@ def test_adapters_saved_with_norm_and_head_flags_still_load(tmp_path, flags, mod
     path.write_text(json.dumps(meta))
     assert load_saved_model(tmp_path / "adapter")[1] == spec
     assert asdict(spec)["lora_mode"] == mode
+
+
+def test_ffa_lora_keeps_a_at_its_seeded_init_and_sends_only_the_rest() -> None:
+    """lora-freeze-a: A is not trainable, never in the exchanged state, and the same seeded
+    tensor on every participant; B still trains and travels."""
+    from flora_app.ml.data import Augment, Split
+    from flora_app.ml.training import train
+
+    frozen = ModelSpec(
+        "cnn", 1, 10, 16, seed=0, use_lora=True, lora_r=4, lora_alpha=8.0, lora_freeze_a=True
+    )
+    full = ModelSpec("cnn", 1, 10, 16, seed=0, use_lora=True, lora_r=4, lora_alpha=8.0)
+    model = build_trainable(frozen)
+    sent = exchanged_state(model, frozen)
+    everything = exchanged_state(build_trainable(full), full)
+    a_names = [n for n in everything if "lora_A" in n]
+    assert a_names and not any("lora_A" in n for n in sent)
+    assert set(sent) == set(everything) - set(a_names)
+    a_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_A" in n)
+    other = build_trainable(frozen)  # another participant builds the same A
+    for name, value in other.named_parameters():
+        if "lora_A" in name:
+            torch.testing.assert_close(value, a_before[name], rtol=0, atol=0)
+    split = Split(torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,)))
+    train(model, split, 1, 8, 0.1, 0.9, Augment(), seed=0)
+    for name, value in model.named_parameters():
+        if "lora_A" in name:
+            torch.testing.assert_close(value, a_before[name], rtol=0, atol=0)
+    after = exchanged_state(model, frozen)
+    assert any(not np.array_equal(after[n], sent[n]) for n in sent if "lora_B" in n)
+
+
+def test_an_ffa_lora_run_exchanges_fewer_parameters_and_completes(
+    tmp_path, tiny_run_config: dict
+) -> None:
+    import json
+
+    from flora_app.config import FloraConfig
+    from flora_app.server_app import run
+    from tests.helpers import LocalGrid
+
+    exchanged = {}
+    for freeze in (False, True):
+        name = f"ffa-{freeze}"
+        cfg = {
+            **tiny_run_config,
+            "strategy": "flocora",
+            "lora-freeze-a": freeze,
+            "num-server-rounds": 2,
+            "fraction-train": 1.0,
+            "output-dir": str(tmp_path),
+            "run-name": name,
+        }
+        summary = run(LocalGrid(cfg, 2), FloraConfig.from_run_config(cfg))
+        assert summary["rounds"] == 2
+        exchanged[freeze] = json.loads((tmp_path / name / "config.json").read_text())[
+            "exchanged-parameters"
+        ]
+    assert exchanged[True] < exchanged[False]

@@ -85,6 +85,9 @@ class ModelSpec:
     lora_r: int = 16
     lora_alpha: float = 256.0
     lora_mode: str = field(default="lora-norm-head", kw_only=True)
+    # FFA-LoRA (Sun et al., 2024): A stays at its seeded init on every participant, only B
+    # (and what the mode trains besides) trains and travels.
+    lora_freeze_a: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         """Refuse unknown choices here, before any participant builds or caches a model."""
@@ -183,7 +186,15 @@ def build_trainable(spec: ModelSpec) -> nn.Module:
         for module in model.modules():
             if isinstance(module, NORM_TYPES):
                 module.requires_grad_(False)
+    if spec.lora_freeze_a:
+        for name, parameter in model.named_parameters():
+            if _is_lora_a(name):
+                parameter.requires_grad_(False)
     return model
+
+
+def _is_lora_a(name: str) -> bool:
+    return ".lora_A." in name or name.endswith(".lora_A")
 
 
 def _train_in_full(base: nn.Module, name: str, adapter: str) -> None:
@@ -219,19 +230,22 @@ def _is_statistic(name: str) -> bool:
 def exchanged_state(model: nn.Module, spec: ModelSpec) -> OrderedDict[str, np.ndarray]:
     """The tensors that travel in training messages, in a fixed order, as float32 arrays.
 
-    Exactly the trainable tensors: LoRA A and B, and the norm layers, head and stem when the
-    mode trains them (all parameters for the full model). BatchNorm running statistics do not
-    travel here: the server measures them on the global model in the evaluate phase
-    (``flora_app.ml.batchnorm``); GroupNorm has none.
+    Exactly the trainable tensors: LoRA A (unless ``lora_freeze_a``) and B, and the norm
+    layers, head and stem when the mode trains them (all parameters for the full model).
+    BatchNorm running statistics do not travel here: the server measures them on the global
+    model in the evaluate phase (``flora_app.ml.batchnorm``); GroupNorm has none.
     """
     state = _full_state(model, spec)
     frozen_norm: set[str] = set()
     if spec.use_lora and not _PLACEMENTS[spec.lora_mode].norms:
         frozen_norm = {f"{n}.{p}" for n in _norm_prefixes(model) for p in ("weight", "bias")}
+    frozen_a = spec.use_lora and spec.lora_freeze_a
     return OrderedDict(
         (name, tensor.detach().cpu().numpy().astype(np.float32, copy=True))
         for name, tensor in state.items()
-        if not _is_statistic(name) and name not in frozen_norm
+        if not _is_statistic(name)
+        and name not in frozen_norm
+        and not (frozen_a and _is_lora_a(name))
     )
 
 

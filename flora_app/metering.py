@@ -19,6 +19,8 @@ from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 
+from strategies.grid_view import GridView
+
 # Run, node and task ids are random 64-bit numbers: as protobuf varints they take 1-10 bytes
 # depending on the draw, and a message carries them twice (its header and its own serialized
 # object), so the same message differed by a few bytes between two runs of one seed. They are
@@ -84,7 +86,7 @@ def _category(message: Message) -> str:
     return message.metadata.message_type.split(".", 1)[0]
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(GridView):
     """A Grid that delegates everything and counts the bytes of every message both ways.
 
     Counts accumulate per (category, direction) until ``take()`` returns and resets them; the
@@ -93,7 +95,7 @@ class MeteredGrid(Grid):
     """
 
     def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._bytes: dict[tuple[str, str], int] = defaultdict(int)
         self._count: dict[tuple[str, str], int] = defaultdict(int)
 
@@ -111,23 +113,7 @@ class MeteredGrid(Grid):
         self._count.clear()
         return out
 
-    # --- Grid API, delegated -------------------------------------------------------------
-    def set_run(self, run):
-        return self._grid.set_run(run)
-
-    @property
-    def run(self):
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def get_nodes(self):
-        return self._grid.get_nodes()
-
+    # --- what is counted; the rest of the Grid API is forwarded by GridView ----------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         ids = self._grid.push_messages(messages)

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 
 from flora_app.task import ASK_KEY, ASK_PARTITION
 from flora_app.tiers import TIER_KEY
+from strategies.grid_view import GridView
 
 QUERY_TIMEOUT = 120.0
 
@@ -33,7 +34,7 @@ def partition_query() -> RecordDict:
     return RecordDict({"config": ConfigRecord({ASK_KEY: ASK_PARTITION})})
 
 
-class PartitionOrderedGrid(Grid):
+class PartitionOrderedGrid(GridView):
     """A Grid that lists nodes, and returns replies, in ``partition-id`` order.
 
     Queries for partition ids go straight to the wrapped grid, so a ``MeteredGrid`` around this
@@ -41,7 +42,7 @@ class PartitionOrderedGrid(Grid):
     """
 
     def __init__(self, grid: Grid, timeout: float = QUERY_TIMEOUT) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._timeout = timeout
         self._partition: dict[int, int] = {}
         self._tier: dict[int, int] = {}  # tiers nodes declared in their node config
@@ -94,23 +95,6 @@ class PartitionOrderedGrid(Grid):
     ) -> Iterable[Message]:
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         return sorted(replies, key=lambda m: self._key(m.metadata.src_node_id))
-
-    # --- the rest of the Grid API, delegated ----------------------------------------------
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        return self._grid.set_run(run)
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:  # type: ignore[no-untyped-def]
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_nodes(self):  # type: ignore[no-untyped-def]
-        return self._grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         replies = list(self._grid.pull_messages(message_ids))

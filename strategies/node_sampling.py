@@ -33,40 +33,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from strategies.grid_view import GridView
+
 MAX_OVER_SELECTION = 10.0
 _KINDS = {"train": 0, "evaluate": 1}  # one stream per kind, so evaluation never shifts training
 
 
-class _Listing(Grid):
+class _Listing(GridView):
     """The grid, listing only the sampled nodes (in sampling order)."""
 
     def __init__(self, grid: Grid, nodes: list[int]) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._nodes = nodes
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self._nodes)
-
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        return self._grid.set_run(run)
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:  # type: ignore[no-untyped-def]
-        return self._grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 @contextmanager

@@ -54,9 +54,22 @@ def run_config_problem(overrides: Mapping[str, Any], app: Path = ROOT) -> str | 
     return None
 
 
+def is_flora_app(app: Path) -> bool:
+    """Whether ``app`` is flora (its ``pyproject.toml`` names the project ``flora``); the
+    launchers also run other Flower apps, whose keys are not flora's."""
+    try:
+        data = tomllib.loads((app / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return data.get("project", {}).get("name") == "flora"
+
+
 def require_valid_run_config(*texts: str, app: Path = ROOT) -> None:
     """Exit with status 2 and one line when the ``--run-config`` strings, applied in order,
-    would be refused; parse errors (Flower's) are reported the same way."""
+    would be refused; parse errors (Flower's) are reported the same way. Another app than
+    flora is left to check its own keys."""
+    if not is_flora_app(app):
+        return
     overrides: dict[str, Any] = {}
     try:
         for text in texts:

@@ -101,8 +101,12 @@ def test_fedavg_sends_the_whole_model(tmp_path: Path) -> None:
 
 
 def test_a_bad_configuration_fails_the_run_before_training(tmp_path: Path) -> None:
-    _, log = _run(tmp_path, "model='cnn' lora-r=0", supernodes=2, expect_ok=False)
-    assert "run-config 'lora-r' = 0: expected an integer >= 1" in log
+    """What only the ServerApp can see (the launcher's check passes it): a resume-from folder
+    without a checkpoint. Flower runs, and the ServerApp refuses in one line before round 1."""
+    missing = tmp_path / "no-run-here"
+    _, log = _run(tmp_path, f"model='cnn' resume-from='{missing}'", supernodes=2, expect_ok=False)
+    assert f"run-config 'resume-from' = '{missing}'" in log
+    assert "has no checkpoint.safetensors" in log
     assert "run did not complete" in log
     assert "round 1/" not in log
 

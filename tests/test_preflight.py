@@ -86,6 +86,15 @@ def test_a_malformed_string_and_an_unknown_key_are_one_line_too(tmp_path: Path) 
     )
 
 
+def test_another_flower_app_is_left_to_check_its_own_keys(tmp_path: Path) -> None:
+    from flora_tools.preflight import is_flora_app, require_valid_run_config
+
+    assert is_flora_app(ROOT)
+    other = ROOT / "tests" / "apps" / "strategies_only"
+    assert not is_flora_app(other) and not is_flora_app(tmp_path)
+    require_valid_run_config("result='x.json' strategy='flasc'", app=other)  # no exit
+
+
 def test_a_good_run_config_passes_and_the_check_does_not_import_torch() -> None:
     assert run_config_problem(parse_run_config("strategy='flasc' density-up=0.2")) is None
     probe = (

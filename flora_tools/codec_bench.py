@@ -1,7 +1,9 @@
 """Codec throughput: ``python -m flora_tools.codec_bench`` (a benchmark that prints, not a test).
 
 Encode + decode of a real adapter's tensors (default: CIFAR ResNet-18, r = 64, norms and head),
-in MB/s of fp32 input, beside a plain copy of the same tensors as the reference. With ``--runs``
+in MB/s of fp32 input, beside a plain copy of the same tensors as the reference, for every
+affine width and the top-k codecs by default (``--codecs`` to choose; each row says whether it
+reaches its goal: 2 GB/s for affine, 1 GB/s for top-k). With ``--runs``
 it also reports, from finished run folders, the share of round wall time spent in codecs: the
 server's (encode down, decode up) against the round's seconds, and the clients' (decode down,
 encode up) against the time the client spent on the message.
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flora_app.ml.lora import ModelSpec, build_trainable, exchanged_state
-from strategies.codecs import codec_spec, decode_blob, get_codec
+from strategies.codecs import codec_spec, decode_blob, get_codec, sparse_spec
 
 
 def _best_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -31,7 +33,23 @@ def _best_seconds(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def throughput(tensors: OrderedDict[str, np.ndarray], bits: list[int], repeat: int) -> list[dict]:
+DEFAULT_CODECS = [
+    *(codec_spec(b) for b in range(8, 0, -1)),
+    "fp16",
+    sparse_spec(0.1, "global", 32),
+    sparse_spec(0.1, "tensor", 32),
+    sparse_spec(0.01, "global", 32),
+    sparse_spec(0.1, "global", 8),
+]
+GOAL_MB_S = {"affine": 2000.0, "topk": 1000.0}  # issue 14: encode + decode, fp32 in
+
+
+def goal_of(spec: str) -> float | None:
+    """The throughput goal for a codec family, in MB/s (None: no goal)."""
+    return GOAL_MB_S.get(spec.split(":", 1)[0])
+
+
+def throughput(tensors: OrderedDict[str, np.ndarray], specs: list[str], repeat: int) -> list[dict]:
     mb = sum(v.nbytes for v in tensors.values()) / 1e6
     copy_s = _best_seconds(lambda: OrderedDict((k, v.copy()) for k, v in tensors.items()), repeat)
     rows = [
@@ -43,8 +61,8 @@ def throughput(tensors: OrderedDict[str, np.ndarray], bits: list[int], repeat: i
             "bytes": int(mb * 1e6),
         }
     ]
-    for b in bits:
-        codec = get_codec(codec_spec(b))
+    for spec in specs:
+        codec = get_codec(spec)
         blob = codec.encode(tensors)
         enc = _best_seconds(lambda c=codec: c.encode(tensors), repeat)
         dec = _best_seconds(lambda bl=blob: decode_blob(bl), repeat)
@@ -80,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--rank", type=int, default=64)
-    parser.add_argument("--bits", nargs="+", type=int, default=[8, 4, 2])
+    parser.add_argument("--codecs", nargs="+", default=DEFAULT_CODECS, help="codec names")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--runs", nargs="*", type=Path, default=[])
     args = parser.parse_args(argv)
@@ -95,12 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     mb = sum(v.nbytes for v in tensors.values()) / 1e6
     print(f"{args.model} r={args.rank}: {len(tensors)} tensors, {mb:.1f} MB fp32\n")
-    print("| codec | encode+decode s | MB/s (fp32 in) | vs plain copy | message payload B |")
-    print("| --- | --- | --- | --- | --- |")
-    for row in throughput(tensors, args.bits, args.repeat):
+    print(
+        "| codec | encode ms | decode ms | MB/s (fp32 in) | vs plain copy | goal MB/s "
+        "| message payload B |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in throughput(tensors, args.codecs, args.repeat):
+        goal = goal_of(row["codec"])
+        verdict = "" if goal is None else f"{goal:.0f} {'met' if row['mb_s'] >= goal else 'missed'}"
         print(
-            f"| {row['codec']} | {row['seconds']:.4f} | {row['mb_s']:.0f} | "
-            f"{row['ratio']:.3f}x | {row['bytes']:,} |"
+            f"| {row['codec']} | {1e3 * row.get('encode_s', row['seconds']):.2f} | "
+            f"{1e3 * row.get('decode_s', 0.0):.2f} | {row['mb_s']:.0f} | {row['ratio']:.3f}x | "
+            f"{verdict} | {row['bytes']:,} |"
         )
     if args.runs:
         print("\n| run | server codec share of round | client codec share of its work |")

@@ -21,7 +21,7 @@ from strategies.codecs import (
     read_header,
 )
 from strategies.codecs.bitpack import pack_bits, packed_size, unpack_bits
-from strategies.codecs.quantize import channels_of, quantize
+from strategies.codecs.quantize import affine_codes, affine_grid, channels_of, quantize, row_ranges
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -78,6 +78,46 @@ def test_every_element_is_within_half_a_step_of_the_scale_sent(x, bits, per_chan
     eps = np.finfo(np.float32).eps * np.abs(x.astype(np.float64)).reshape(c, -1).max(axis=1)
     bound = scale / 2 + 2 * eps + 1e-45
     assert np.all(rows_err.max(axis=1) <= bound)
+
+
+@pytest.mark.parametrize("bits", [1, 4, 8])
+@pytest.mark.parametrize("shift", [0.0, 30.0, 1e4])
+def test_float32_passes_give_the_codes_of_exact_arithmetic(bits: int, shift: float) -> None:
+    # The fast path (float32, fused) and the exact path (float64 input) must choose the same
+    # code for every element, except where exact arithmetic lands within a hair of a tie.
+    rng = np.random.default_rng(bits)
+    rows = (rng.normal(size=(16, 999)) + shift).astype(np.float32)
+    lo, hi = row_ranges(rows)
+    scale, offset, unit, fits = affine_grid(lo, hi, [16], bits, "f16")
+    assert fits[0]
+    fast = affine_codes(rows, hi, scale, offset, float(unit[0]), bits)
+    exact = affine_codes(rows.astype(np.float64), hi, scale, offset, float(unit[0]), bits)
+    step = scale.astype(np.float64)[:, None] * unit[0]
+    where = (rows - offset.astype(np.float64)[:, None] * unit[0]) / step
+    near_tie = np.abs(where - np.floor(where) - 0.5) < 1e-3
+    assert np.array_equal(fast[~near_tie], exact[~near_tie])
+    assert np.abs(fast.astype(int) - exact.astype(int)).max() <= 1
+
+
+def test_a_message_encodes_each_tensor_as_it_would_alone() -> None:
+    # The grids of a message are computed in one batch; each tensor's body must be the one
+    # it gets when encoded by itself.
+    rng = np.random.default_rng(0)
+    tensors = OrderedDict(
+        a=rng.normal(size=(8, 5)).astype(np.float32),
+        norm=rng.normal(size=7).astype(np.float32),
+        b=(rng.normal(size=(3, 2, 3, 3)) * 1e-6).astype(np.float32),
+        c=np.full((4, 4), -2.0, np.float32),
+        d=(rng.normal(size=(5, 6)) * 1e30).astype(np.float32),
+    )
+    for codec in (AffineCodec(4), AffineCodec(3, per_channel=False, meta="fp32")):
+        together = codec.encode(tensors)
+        body = together[read_header(together)[1] :]
+        alone = b""
+        for name, value in tensors.items():
+            blob = codec.encode({name: value})
+            alone += blob[read_header(blob)[1] :]
+        assert body == alone
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

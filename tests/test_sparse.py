@@ -61,6 +61,38 @@ def test_exactly_k_largest_survive_exactly_and_the_rest_are_zero(seed, sizes, de
             assert np.abs(x[kept]).min() >= np.abs(x[dropped]).max()
 
 
+def _reference_top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """The k largest |x| by a full stable sort: the definition the fast selection must meet."""
+    order = np.lexsort((np.arange(x.size), -np.abs(x)))  # by magnitude, then by index
+    return np.sort(order[:k])
+
+
+@pytest.mark.parametrize(
+    "layout", ["normal", "ties", "unsampled peaks", "sampled peaks", "few distinct"]
+)
+@pytest.mark.parametrize("density", [0.001, 0.1, 0.5])
+def test_large_selections_equal_a_full_sort(layout: str, density: float) -> None:
+    # Large enough for the sampled threshold. "unsampled peaks" puts the large values where
+    # the stride-64 sample never looks (the estimate keeps far too many candidates);
+    # "sampled peaks" only where it looks (too few: the fallback to all values must run).
+    n = 150_000
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=n).astype(np.float32)
+    if layout == "ties":
+        x = np.round(x * 4).astype(np.float32) / 4
+    elif layout == "unsampled peaks":
+        x = np.zeros(n, np.float32)
+        peaks = np.flatnonzero(np.arange(n) % 64 != 0)[: int(0.6 * n)]
+        x[peaks] = rng.uniform(1, 2, size=peaks.size).astype(np.float32)
+    elif layout == "sampled peaks":
+        x = rng.normal(size=n).astype(np.float32) * np.float32(1e-3)
+        x[::64] = rng.uniform(1, 2, size=x[::64].size).astype(np.float32)
+    elif layout == "few distinct":
+        x = rng.integers(-2, 3, size=n).astype(np.float32)
+    k = keep_count(n, density)
+    np.testing.assert_array_equal(top_k(x, k), _reference_top_k(x, k))
+
+
 def test_ties_are_broken_toward_lower_indices_deterministically() -> None:
     x = np.array([1.0, -3.0, 3.0, 3.0, 2.0], np.float32)
     np.testing.assert_array_equal(top_k(x, 2), [1, 2])

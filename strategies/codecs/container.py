@@ -43,13 +43,21 @@ from strategies.codecs.names import (
     codec_spec,
     sparse_spec,
 )
-from strategies.codecs.quantize import META_DTYPES, channels_of, dequantize, quantize
+from strategies.codecs.quantize import (
+    META_DTYPES,
+    affine_codes,
+    affine_grid,
+    as_rows,
+    channels_of,
+    dequantize,
+    row_ranges,
+)
 from strategies.codecs.sparse import (
     SparseIndexError,
     decode_indices,
     encode_indices,
     keep_count,
-    top_k,
+    top_k_magnitude,
 )
 
 MAGIC = b"FLC1"
@@ -64,6 +72,27 @@ _META_NAMES = dict(zip(METAS, ("f16", "f32"), strict=True))
 
 class CodecError(ValueError):
     """A payload cannot be encoded or decoded: unknown codec, wrong length, bad values."""
+
+
+def _magnitudes(named: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """|x| of flat arrays, back to back in one float32 buffer (the copy and the abs are one
+    pass); refuses NaN and Inf (and what overflows float32), which the largest magnitude
+    reaches, so the check costs one reduction instead of a pass per tensor."""
+    out = np.empty(sum(x.size for _, x in named), dtype=np.float32)
+    at = 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _, x in named:
+            np.abs(x, out=out[at : at + x.size])
+            at += x.size
+        if out.size and not np.isfinite(out.max()):
+            bad = next(n for n, x in named if not np.all(np.isfinite(x.astype(np.float32))))
+            raise CodecError(f"tensor {bad!r} contains NaN or Inf")
+    return out
+
+
+def _require_finite(name: str, x: np.ndarray) -> None:
+    if x.size and not np.all(np.isfinite(x)):
+        raise CodecError(f"tensor {name!r} contains NaN or Inf")
 
 
 @dataclass(frozen=True)
@@ -114,28 +143,66 @@ def _values_size(kind: str, n: int, channels: int, bits: int, meta: str) -> int:
     return unit + 2 * channels * meta_size + packed_size(n, bits)
 
 
-def _affine_body(
-    name: str, x: np.ndarray, bits: int, per_channel: bool, meta: str
-) -> tuple[str, bytes]:
-    """(metadata dtype used, body) of an affine-quantized tensor; fp16 falls back to fp32."""
-    try:
-        q, scale, offset, unit = quantize(x, bits, per_channel, meta)
-    except OverflowError:
-        try:
-            meta = "f32"
-            q, scale, offset, unit = quantize(x, bits, per_channel, meta)
-        except OverflowError:
-            raise CodecError(f"tensor {name!r}: value range too large to quantize") from None
-    le = np.dtype(META_DTYPES[meta]).newbyteorder("<")
-    head = struct.pack("<f", unit) if meta == "f16" else b""
-    body = head + scale.astype(le).tobytes() + offset.astype(le).tobytes()
-    return meta, body + pack_bits(q, bits)
+@dataclass(frozen=True)
+class _Grid:
+    """One tensor's quantization: its rows, the grid chosen for them and its metadata dtype."""
+
+    rows: np.ndarray
+    hi: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray
+    unit: float
+    meta: str
+
+
+def _grids(
+    rows: dict[str, np.ndarray],
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]],
+    bits: int,
+    meta: str,
+) -> dict[str, _Grid]:
+    """Grids for many tensors in one ``affine_grid`` call; tensors whose range does not fit
+    fp16 metadata get fp32 metadata (a second call for just those), and beyond fp32, an error."""
+    grids: dict[str, _Grid] = {}
+    todo = list(rows)
+    for attempt in (meta, "f32") if meta == "f16" else (meta,):
+        if not todo:
+            break
+        lo = np.concatenate([ranges[n][0] for n in todo])
+        hi = np.concatenate([ranges[n][1] for n in todo])
+        counts = np.array([rows[n].shape[0] for n in todo])
+        scale, offset, unit, fits = affine_grid(lo, hi, counts, bits, attempt)
+        cut = np.cumsum(counts)[:-1]
+        for i, (name, s, o) in enumerate(
+            zip(todo, np.split(scale, cut), np.split(offset, cut), strict=True)
+        ):
+            if fits[i]:
+                grids[name] = _Grid(rows[name], ranges[name][1], s, o, float(unit[i]), attempt)
+        todo = [n for n in todo if n not in grids]
+    if todo:
+        raise CodecError(f"tensor {todo[0]!r}: value range too large to quantize")
+    return grids
+
+
+def _affine_bytes(grid: _Grid, bits: int) -> bytes:
+    """Body of an affine tensor: [fp32 unit with fp16 metadata], scales, offsets, codes."""
+    le = np.dtype(META_DTYPES[grid.meta]).newbyteorder("<")
+    q = affine_codes(grid.rows, grid.hi, grid.scale, grid.offset, grid.unit, bits)
+    head = struct.pack("<f", grid.unit) if grid.meta == "f16" else b""
+    return b"".join(
+        [
+            head,
+            grid.scale.astype(le).tobytes(),
+            grid.offset.astype(le).tobytes(),
+            pack_bits(q, bits),
+        ]
+    )
 
 
 def _affine_values(
     name: str, chunk: memoryview, shape: tuple[int, ...], channels: int, bits: int, meta: str
 ) -> np.ndarray:
-    """Inverse of ``_affine_body``, validating the metadata."""
+    """Inverse of ``_affine_bytes``, validating the metadata."""
     n = prod(shape)
     if n == 0:
         return np.zeros(shape, np.float32)
@@ -192,11 +259,15 @@ class Codec(ABC):
         """Decisions that need the whole message (e.g. a global top-k); None by default."""
         return None
 
+    def _check_finite(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Refuse NaN and Inf before anything is encoded (codecs that see every value's range
+        anyway, like the affine one, check there instead of paying another pass)."""
+        for name, value in tensors.items():
+            _require_finite(name, np.asarray(value))
+
     def encode(self, tensors: Mapping[str, np.ndarray]) -> bytes:
         """The blob for these tensors, in their order."""
-        for name, value in tensors.items():
-            if np.asarray(value).size and not np.all(np.isfinite(value)):
-                raise CodecError(f"tensor {name!r} contains NaN or Inf")
+        self._check_finite(tensors)
         plan = self._plan(tensors)
         entries, bodies = [], []
         for name, value in tensors.items():
@@ -252,12 +323,36 @@ class AffineCodec(Codec):
     def spec(self) -> str:
         return codec_spec(self.bits, "channel" if self.per_channel else "tensor", self.meta)
 
+    def _stays_float(self, x: np.ndarray) -> bool:
+        return x.size == 0 or (self.keep_1d and x.ndim <= 1)
+
+    def _check_finite(self, tensors: Mapping[str, np.ndarray]) -> None:
+        for name, value in tensors.items():  # quantized ones are checked by their ranges
+            if self._stays_float(np.asarray(value)):
+                _require_finite(name, np.asarray(value))
+
+    def _plan(self, tensors: Mapping[str, np.ndarray]) -> dict[str, _Grid]:
+        """Every quantized tensor's grid, from one batched computation for the message."""
+        rows, ranges = {}, {}
+        for name, value in tensors.items():
+            x = np.asarray(value)
+            if self._stays_float(x):
+                continue
+            rows[name] = as_rows(x, self.per_channel)
+            try:
+                ranges[name] = row_ranges(rows[name])
+            except ValueError:
+                raise CodecError(f"tensor {name!r} contains NaN or Inf") from None
+        return _grids(rows, ranges, self.bits, _META_NAMES[self.meta])
+
     def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
         shape = tuple(int(d) for d in x.shape)
-        if x.size == 0 or (self.keep_1d and x.ndim <= 1):
+        if self._stays_float(x):
             return Entry(name, shape, "f32"), x.astype("<f4").tobytes()
-        meta, body = _affine_body(name, x, self.bits, self.per_channel, _META_NAMES[self.meta])
-        return Entry(name, shape, "q", self.bits, self.per_channel, meta), body
+        grid = plan[name]  # type: ignore[index]
+        return Entry(name, shape, "q", self.bits, self.per_channel, grid.meta), _affine_bytes(
+            grid, self.bits
+        )
 
     def accepts(self, entry: Entry) -> bool:
         if entry.kind == "f32":
@@ -297,41 +392,51 @@ class SparseCodec(Codec):
     def _values_kind(self) -> str:
         return {32: "f32", 16: "f16"}.get(self.value_bits, "q")
 
-    def _plan(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _check_finite(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Nothing here: the plan checks the largest magnitude, which NaN and Inf reach."""
+
+    def _plan(self, tensors: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, object]]:
+        """Per tensor: the kept indices and, for affine values, their grid (all grids from one
+        batched computation, as in the affine codec)."""
         names = list(tensors)
+        arrays = [np.asarray(tensors[n]).reshape(-1) for n in names]
         if self.per_tensor:
-            return {
-                n: top_k(tensors[n], keep_count(np.asarray(tensors[n]).size, self.density))
-                for n in names
+            chosen = {
+                name: top_k_magnitude(_magnitudes([(name, x)]), keep_count(x.size, self.density))
+                for name, x in zip(names, arrays, strict=True)
             }
-        sizes = [np.asarray(tensors[n]).size for n in names]
-        flat = np.concatenate(
-            [np.asarray(tensors[n], np.float32).reshape(-1) for n in names]
-            or [np.zeros(0, np.float32)]
-        )
-        chosen = top_k(flat, keep_count(flat.size, self.density))
-        bounds = np.concatenate([[0], np.cumsum(sizes)])
-        cut = np.searchsorted(chosen, bounds)
-        return {n: chosen[cut[i] : cut[i + 1]] - bounds[i] for i, n in enumerate(names)}
+        else:
+            magnitude = _magnitudes(list(zip(names, arrays, strict=True)))
+            flat = top_k_magnitude(magnitude, keep_count(magnitude.size, self.density))
+            bounds = np.concatenate([[0], np.cumsum([x.size for x in arrays])])
+            cut = np.searchsorted(flat, bounds)
+            chosen = {n: flat[cut[i] : cut[i + 1]] - bounds[i] for i, n in enumerate(names)}
+        grids: dict[str, _Grid] = {}
+        if self._values_kind() == "q":
+            kept = {
+                n: x[chosen[n]].astype(np.float32).reshape(1, -1)
+                for n, x in zip(names, arrays, strict=True)
+                if chosen[n].size
+            }
+            ranges = {n: row_ranges(rows) for n, rows in kept.items()}
+            grids = _grids(kept, ranges, self.value_bits, "f16")
+        return {n: (chosen[n], grids.get(n)) for n in names}
 
     def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
         shape = tuple(int(d) for d in x.shape)
-        indices = plan[name]  # type: ignore[index]
+        indices, grid = plan[name]  # type: ignore[index]
         index_kind, index_body = encode_indices(indices, x.size)
-        kept = x.reshape(-1)[indices].astype(np.float32)
         kind, meta = self._values_kind(), "f32"
-        if kind == "f32":
-            body = kept.astype("<f4").tobytes()
-        elif kind == "f16":
-            with np.errstate(over="ignore"):
-                half = kept.astype("<f2")
-            if not np.all(np.isfinite(half)):
-                raise CodecError(f"tensor {name!r} overflows fp16 values")
-            body = half.tobytes()
-        elif kept.size:
-            meta, body = _affine_body(name, kept, self.value_bits, False, "f16")
+        if kind == "q":
+            body = b"" if grid is None else _affine_bytes(grid, self.value_bits)
+            meta = "f32" if grid is None else grid.meta
         else:
-            body = b""
+            kept = x.reshape(-1)[indices]
+            with np.errstate(over="ignore"):
+                body_values = kept.astype("<f4" if kind == "f32" else "<f2")
+            if kind == "f16" and not np.all(np.isfinite(body_values)):
+                raise CodecError(f"tensor {name!r} overflows fp16 values")
+            body = body_values.tobytes()
         entry = Entry(
             name,
             shape,

@@ -9,6 +9,7 @@ SUPERNODES ?= 10
 RUN_CONFIG ?=
 BENCH_ARGS ?=
 FUZZ_SECONDS ?= 120
+FUZZ_RUNS ?= 0
 
 .PHONY: install run test test-fast lint clean bench fuzz
 
@@ -66,10 +67,11 @@ fashion-mnist: install
 	$(BIN)/python -m flora_tools.datasets fashion-mnist
 
 # Coverage-guided fuzzing (atheris) of the decoder, a whole reply, the run-config and
-# checkpoint loading: FUZZ_SECONDS per target, executions printed; `make test` replays the
-# committed corpus (tests/fuzz_corpus) with a short seeded budget.
+# checkpoint loading: FUZZ_SECONDS per target (or FUZZ_RUNS executions each, when given),
+# executions printed; `make test` replays the committed corpus (tests/fuzz_corpus) with a
+# short seeded budget.
 fuzz: install
-	$(BIN)/python -m flora_tools.fuzz --all --seconds $(FUZZ_SECONDS)
+	$(BIN)/python -m flora_tools.fuzz --all --seconds $(FUZZ_SECONDS) --runs $(FUZZ_RUNS)
 
 test: install fashion-mnist
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q

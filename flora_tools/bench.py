@@ -244,6 +244,85 @@ FMNIST_SWEEP: tuple[SweepConfig, ...] = (
     ),
 )
 
+_FMNIST = {
+    "dataset": "fashion-mnist",
+    "model": "resnet8",
+    # Measured here (2 cores, 10 clients a round): ResNet-8 width 16 rounds take ~9 s
+    # (LoRA) at 1 local epoch, ~14 s at 2; 19 ResNet runs x 20 rounds + 10 EfficientNet
+    # runs fit the ~150-minute budget. r = 4 keeps FLoCoRA's rank-to-width ratio (r = 16
+    # at width 64) and alpha = 16 r; r = 16 at width 16 would send more than the convs.
+    "model-width": 16,
+    "norm": "group",  # FLoCoRA's ResNet-8; the EfficientNet rows set "batch"
+    "partitioner": "dirichlet",
+    "dirichlet-alpha": 0.5,
+    "fraction-train": 0.1,
+    "fraction-evaluate": 0.05,
+    "local-epochs": 2,
+    "num-server-rounds": 20,
+    "batch-size": 32,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "lora-r": 4,
+    "lora-alpha": 64.0,
+}
+
+
+# cpu-fmnist-attacks (issue 17): the cpu-fmnist federation with valid but malicious replies
+# from partitions 0..N-1 (byzantine-clients N of 100 nodes = N %). Seed 0 runs the whole grid
+# before any second seed: first the clean rows (the same configurations as cpu-fmnist's, so
+# those runs can be copied over: the same seed gives the same run), then 20 % sign-flip and
+# scaling against every defence, then the other shares and attacks against the mean and the
+# trimmed mean. The 20 % rows of the two defences expected to hold get 3 seeds.
+_ATTACKED_STRATEGIES = {"fedlora": {"strategy": "fedlora"}, "flocora-q4": _flocora(4)}
+_ATTACKED_STRATEGIES["flasc-d10"] = _flasc(0.1)
+# Krum's family assumes f Byzantine replies per round: 2 of the 10 sampled (20 %); multi-krum
+# averages the 6 best-scored replies.
+_ROBUST_KEYS = {
+    "krum": {"malicious-nodes": 2},
+    "multi-krum": {"malicious-nodes": 2, "multi-krum-select": 6},
+}
+
+
+def _attacked(attack: str, share: int, aggregation: str, seeds: int | None = None):
+    return tuple(
+        SweepConfig(
+            f"{name}-{attack}{share}-{aggregation}",
+            {
+                **keys,
+                "byzantine-clients": share,
+                "attack": attack,
+                "aggregation": aggregation,
+                **_ROBUST_KEYS.get(aggregation, {}),
+            },
+            seeds=seeds,
+        )
+        for name, keys in _ATTACKED_STRATEGIES.items()
+    )
+
+
+ATTACK_SWEEP: tuple[SweepConfig, ...] = (
+    *(SweepConfig(name, keys, seeds=3) for name, keys in _ATTACKED_STRATEGIES.items()),
+    *(
+        row
+        for attack in ("sign-flip", "scale")
+        for aggregation, seeds in (("mean", 1), ("trimmed-mean", 3), ("multi-krum", 3))
+        for row in _attacked(attack, 20, aggregation, seeds)
+    ),
+    *(row for attack in ("sign-flip", "scale") for row in _attacked(attack, 20, "median")),
+    *(
+        row
+        for attack, share in (("sign-flip", 10), ("sign-flip", 30), ("noise", 20))
+        for aggregation in ("mean", "trimmed-mean")
+        for row in _attacked(attack, share, aggregation)
+    ),
+    *(
+        row
+        for aggregation in ("mean", "trimmed-mean")
+        for row in _attacked("label-flip", 20, aggregation)
+    ),
+)
+
+
 PRESETS: dict[str, BenchPreset] = {
     "cpu-digits": BenchPreset(
         "cpu-digits",
@@ -264,27 +343,7 @@ PRESETS: dict[str, BenchPreset] = {
     ),
     "cpu-fmnist": BenchPreset(
         "cpu-fmnist",
-        {
-            "dataset": "fashion-mnist",
-            "model": "resnet8",
-            # Measured here (2 cores, 10 clients a round): ResNet-8 width 16 rounds take ~9 s
-            # (LoRA) at 1 local epoch, ~14 s at 2; 19 ResNet runs x 20 rounds + 10 EfficientNet
-            # runs fit the ~150-minute budget. r = 4 keeps FLoCoRA's rank-to-width ratio (r = 16
-            # at width 64) and alpha = 16 r; r = 16 at width 16 would send more than the convs.
-            "model-width": 16,
-            "norm": "group",  # FLoCoRA's ResNet-8; the EfficientNet rows set "batch"
-            "partitioner": "dirichlet",
-            "dirichlet-alpha": 0.5,
-            "fraction-train": 0.1,
-            "fraction-evaluate": 0.05,
-            "local-epochs": 2,
-            "num-server-rounds": 20,
-            "batch-size": 32,
-            "lr": 0.01,
-            "momentum": 0.9,
-            "lora-r": 4,
-            "lora-alpha": 64.0,
-        },
+        _FMNIST,
         supernodes=100,
         # 20 rounds do not reach a plateau on 2 cores (fedavg 64 %, fedlora 49 % at seed 0):
         # the target is one most rows reach, so "MB to target" compares them.
@@ -292,6 +351,15 @@ PRESETS: dict[str, BenchPreset] = {
         summary="Fashion-MNIST, ResNet-8 w16 GroupNorm and pretrained EfficientNet-Lite0, "
         "100 clients, 10/round, Dirichlet 0.5",
         sweep=FMNIST_SWEEP,
+    ),
+    "cpu-fmnist-attacks": BenchPreset(
+        "cpu-fmnist-attacks",
+        _FMNIST,
+        supernodes=100,
+        target_accuracy=0.45,
+        summary="cpu-fmnist's ResNet-8 federation with Byzantine clients: attacks x defences "
+        "x strategies",
+        sweep=ATTACK_SWEEP,
     ),
 }
 

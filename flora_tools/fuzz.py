@@ -16,6 +16,7 @@ bounded by ``-rss_limit_mb`` (the decoders promise allocations no larger than th
 
     python -m flora_tools.fuzz decoder -runs=1000000 tests/fuzz_corpus/decoder   # one target
     python -m flora_tools.fuzz --all --seconds 120                  # make fuzz: every target
+    python -m flora_tools.fuzz --all --runs 1000000       # make fuzz FUZZ_RUNS=1000000
     python -m flora_tools.fuzz --seed-corpus tests/fuzz_corpus       # (re)write the seeds
 """
 
@@ -226,9 +227,10 @@ def fuzz_one(target: str, libfuzzer_args: list[str]) -> None:
 RUNS = re.compile(r"Done (\d+) runs in (\d+) second")
 
 
-def fuzz_all(seconds: int, corpus: Path) -> int:
-    """Every target for ``seconds`` each, in its own process; new inputs go to a scratch
-    folder (the committed corpus stays as it is). Prints executions per target."""
+def fuzz_all(seconds: int, corpus: Path, runs: int = 0) -> int:
+    """Every target for ``seconds`` each (or, with ``runs``, for that many executions each),
+    in its own process; new inputs go to a scratch folder (the committed corpus stays as it
+    is). Prints executions and seconds per target."""
     failed = 0
     for target in TARGETS:
         with tempfile.TemporaryDirectory() as scratch:
@@ -237,16 +239,16 @@ def fuzz_all(seconds: int, corpus: Path) -> int:
                 "-m",
                 "flora_tools.fuzz",
                 target,
-                f"-max_total_time={seconds}",
+                f"-runs={runs}" if runs else f"-max_total_time={seconds}",
                 "-print_final_stats=1",
                 scratch,
                 str(corpus / target),
             ]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
         found = RUNS.search(proc.stderr)
-        runs, took = (int(found.group(1)), int(found.group(2))) if found else (0, seconds)
+        done, took = (int(found.group(1)), int(found.group(2))) if found else (0, seconds)
         status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-        print(f"{target:12} {runs:>12,} executions in {took:>5} s  {status}", flush=True)
+        print(f"{target:12} {done:>12,} executions in {took:>5} s  {status}", flush=True)
         if proc.returncode != 0:
             failed += 1
             print(proc.stderr[-3000:], file=sys.stderr)
@@ -261,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="fuzz every target in turn")
     parser.add_argument("--seconds", type=int, default=120, help="per target, with --all")
+    parser.add_argument(
+        "--runs", type=int, default=0, help="executions per target, with --all (not seconds)"
+    )
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--seed-corpus", type=Path, default=None, help="write seed inputs here")
     args = parser.parse_args(argv)
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         write_seed_corpus(args.seed_corpus)
         return 0
     if args.all:
-        return fuzz_all(args.seconds, args.corpus)
+        return fuzz_all(args.seconds, args.corpus, args.runs)
     parser.error(f"give a target ({', '.join(TARGETS)}), --all or --seed-corpus")
     return 2
 

@@ -623,3 +623,26 @@ def test_a_partial_sweep_reports_the_complete_runs_and_says_it_is_partial(tmp_pa
     assert meta["complete_runs"] == meta["planned_runs"] - 2
     report = build_report(out, reference="fedlora-r16").read_text()
     assert f"{meta['complete_runs']} of {meta['planned_runs']} planned runs" in report
+
+
+def test_the_attack_preset_is_valid_and_its_clean_rows_are_cpu_fmnists(tmp_path: Path) -> None:
+    from flora_tools.preflight import run_config_problem
+
+    attacks, fmnist = PRESETS["cpu-fmnist-attacks"], PRESETS["cpu-fmnist"]
+    jobs = plan(attacks, list(attacks.sweep), 1, {}, tmp_path)
+    keys = {j.config.name: j.keys for j in jobs}
+    for job in jobs:  # every configuration would start
+        assert run_config_problem(job.keys) is None, job.config.name
+    # The clean rows are cpu-fmnist's own configurations, so those runs stand for them.
+    clean = {j.config.name: j.keys for j in plan(fmnist, list(fmnist.sweep), 1, {}, tmp_path)}
+    for name in ("fedlora", "flocora-q4", "flasc-d10"):
+        assert keys[name] == clean[name]
+        assert sum(j.config.name == name for j in jobs) == 3
+    row = keys["flasc-d10-sign-flip20-multi-krum"]
+    assert row["byzantine-clients"] == 20 and row["attack"] == "sign-flip"
+    assert row["aggregation"] == "multi-krum" and row["malicious-nodes"] == 2
+    assert keys["fedlora-scale20-trimmed-mean"]["aggregation"] == "trimmed-mean"
+    assert "malicious-nodes" not in keys["fedlora-scale20-trimmed-mean"]
+    # Every seed-0 run comes before any second seed: a partial sweep is the widest table.
+    first = [j.seed for j in jobs].index(1)
+    assert all(j.seed == 0 for j in jobs[:first]) and first == len(attacks.sweep)

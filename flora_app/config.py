@@ -30,7 +30,13 @@ from flora_app.ml.names import (
 )
 from flora_app.tiers import TiersError, parse_tiers
 from strategies.choices import CLIPPING_SIDES, UPDATE_NORM_ACTIONS
-from strategies.codecs.names import GRANULARITIES, METAS, SPARSITY_SCOPES, VALUE_BITS
+from strategies.codecs.names import (
+    ENTROPY_CODERS,
+    GRANULARITIES,
+    METAS,
+    SPARSITY_SCOPES,
+    VALUE_BITS,
+)
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
 # What a value width means (quant-bits, quant-bits-down, sparse-value-bits).
@@ -327,6 +333,11 @@ class CompressionSection(Section):
         "flasc uplink value width, as quant-bits",
         choices=VALUE_BITS,
         why=f" ({VALUE_BITS_MEANING})",
+    )
+    entropy_coder: str = key(
+        "none",
+        "lossless stage after the codec, both directions: zstd compresses each whole message",
+        choices=ENTROPY_CODERS,
     )
     tiers: str = key(
         "",

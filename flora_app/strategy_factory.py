@@ -27,7 +27,7 @@ def _sampling(cfg: FloraConfig) -> dict[str, Any]:
 
 
 def _replies(cfg: FloraConfig) -> dict[str, Any]:
-    """Which replies count, the same for every strategy."""
+    """Which replies count and how messages travel, the same for every strategy."""
     r = cfg.robustness
     return {
         "aggregation": r.aggregation,
@@ -42,6 +42,7 @@ def _replies(cfg: FloraConfig) -> dict[str, Any]:
         "dp_clipping_norm": cfg.privacy.dp_clipping_norm,
         "dp_clipping": cfg.privacy.dp_clipping,
         "dp_delta": cfg.privacy.dp_delta,
+        "entropy_coder": cfg.compression.entropy_coder,
     }
 
 

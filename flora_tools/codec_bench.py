@@ -6,7 +6,11 @@ affine width and the top-k codecs by default (``--codecs`` to choose; each row s
 reaches its goal: 2 GB/s for affine, 1 GB/s for top-k). With ``--runs``
 it also reports, from finished run folders, the share of round wall time spent in codecs: the
 server's (encode down, decode up) against the round's seconds, and the clients' (decode down,
-encode up) against the time the client spent on the message.
+encode up) against the time the client spent on the message. With ``--compressors RUN`` it
+measures general-purpose lossless compressors on a *real* update, the choice behind the
+entropy stage (``strategies.codecs.entropy``): one client of the finished run ``RUN`` trains one
+round from the run's final global adapters, and each codec's message of that update is
+compressed with zlib, bz2 (NVIDIA FLARE's), lzma and zstd.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import argparse
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,6 +85,65 @@ def throughput(tensors: OrderedDict[str, np.ndarray], specs: list[str], repeat: 
     return rows
 
 
+def real_update(run_dir: Path, partition: int = 7) -> OrderedDict[str, np.ndarray]:
+    """The update one client of ``run_dir``'s federation sends after a round of local training
+    from the run's final global adapters (its run-config's epochs, batch size and rate)."""
+    from flora_app.checkpoint import load_checkpoint
+    from flora_app.config import FloraConfig
+    from flora_app.ml.lora import load_exchanged_state
+    from flora_app.ml.training import train
+    from flora_app.task import load_client_data, model_spec
+
+    checkpoint = load_checkpoint(run_dir)
+    cfg = FloraConfig.from_run_config(checkpoint.run_config)
+    node = {"partition-id": partition, "num-partitions": 100}
+    dataset, split, _ = load_client_data(cfg, node)
+    spec = model_spec(cfg, dataset)
+    model = build_trainable(spec)
+    load_exchanged_state(model, spec, checkpoint.global_arrays)
+    before = exchanged_state(model, spec)
+    local = cfg.training
+    train(
+        model,
+        split,
+        epochs=local.local_epochs,
+        batch_size=local.batch_size,
+        lr=local.lr,
+        momentum=local.momentum,
+        augment=dataset.augment,
+        seed=cfg.run.seed,
+        frozen_batchnorm=cfg.model.batchnorm_stats == "frozen",
+    )
+    after = exchanged_state(model, spec)
+    return OrderedDict((k, (after[k] - before[k]).astype(np.float32)) for k in after)
+
+
+def compressors(tensors: Mapping[str, np.ndarray], specs: list[str]) -> list[dict]:
+    """Each codec's message of ``tensors`` through each lossless compressor: bytes, ms."""
+    import bz2
+    import lzma
+    import zlib
+
+    import zstandard
+
+    tools: dict[str, Callable[[bytes], bytes]] = {
+        "zlib-9": lambda b: zlib.compress(b, 9),
+        "bz2-9": lambda b: bz2.compress(b, 9),
+        "lzma": lzma.compress,
+        "zstd-3": zstandard.ZstdCompressor(level=3).compress,
+        "zstd-19": zstandard.ZstdCompressor(level=19).compress,
+    }
+    rows = []
+    for spec in specs:
+        blob = get_codec(spec).encode(tensors)
+        row: dict[str, Any] = {"codec": spec, "bytes": len(blob)}
+        for name, tool in tools.items():
+            row[name] = len(tool(blob))
+            row[f"{name} ms"] = 1e3 * _best_seconds(lambda t=tool, b=blob: t(b), 3)
+        rows.append(row)
+    return rows
+
+
 def codec_share(run_dir: Path) -> dict:
     """Codec time as a share of round time, from a run folder's ``rounds.jsonl``."""
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
@@ -101,7 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codecs", nargs="+", default=DEFAULT_CODECS, help="codec names")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--runs", nargs="*", type=Path, default=[])
+    parser.add_argument(
+        "--compressors", type=Path, default=None, help="a finished run: compare compressors"
+    )
     args = parser.parse_args(argv)
+    if args.compressors is not None:
+        print_compressors(args.compressors)
+        return
 
     spec = ModelSpec(
         args.model, 3, 10, 64, seed=0, use_lora=True, lora_r=args.rank, lora_alpha=16.0 * args.rank
@@ -135,6 +205,28 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {share['run']} | {100 * share['server_share']:.2f} % | "
                 f"{100 * share['client_share']:.2f} % |"
             )
+
+
+COMPRESSED_CODECS = [
+    "fp32",
+    codec_spec(8),
+    codec_spec(4),
+    codec_spec(2),
+    sparse_spec(0.1, "global", 32),
+    sparse_spec(0.1, "global", 8),
+]
+
+
+def print_compressors(run_dir: Path) -> None:
+    update = real_update(run_dir)
+    values = sum(v.size for v in update.values())
+    print(f"a real update from {run_dir}: {len(update)} tensors, {values:,} values\n")
+    names = ["zlib-9", "bz2-9", "lzma", "zstd-3", "zstd-19"]
+    print("| codec | message B | " + " | ".join(f"{n} (share)" for n in names) + " | zstd-3 ms |")
+    print("| --- | --- |" + " --- |" * (len(names) + 1))
+    for row in compressors(update, COMPRESSED_CODECS):
+        cells = " | ".join(f"{row[n]:,} ({row[n] / row['bytes']:.2f})" for n in names)
+        print(f"| {row['codec']} | {row['bytes']:,} | {cells} | {row['zstd-3 ms']:.2f} |")
 
 
 if __name__ == "__main__":

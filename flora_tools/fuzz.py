@@ -51,7 +51,7 @@ def _arrays(seed: int) -> OrderedDict[str, np.ndarray]:
 
 
 def _codecs() -> list[str]:
-    from strategies.codecs import codec_spec, sparse_spec
+    from strategies.codecs import codec_spec, sparse_spec, with_entropy
 
     return [
         "fp32",
@@ -60,6 +60,8 @@ def _codecs() -> list[str]:
         codec_spec(3, "tensor", "fp32"),
         sparse_spec(0.3, "global", 32),
         sparse_spec(0.3, "tensor", 8),
+        with_entropy(codec_spec(4), "zstd"),
+        with_entropy(sparse_spec(0.3, "global", 32), "zstd"),
     ]
 
 
@@ -90,16 +92,15 @@ def reply_target() -> Callable[[bytes], None]:
     from strategies.wire import HEADER_KEY, blob_to_record, make_header, numpy_to_record
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    class _OneNode:  # the grid a round is configured on: one node, 7
+        def get_node_ids(self) -> list[int]:
+            return [7]
+
     codecs = _codecs()
     strategies = []
     for codec in codecs:
         inner = FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.1)
         strategy = CompressionStrategy(inner, "fp32", codec, reply="update")
-
-        class _OneNode:
-            def get_node_ids(self) -> list[int]:
-                return [7]
-
         strategy.configure_train(1, numpy_to_record(_arrays(0)), ConfigRecord({}), _OneNode())
         strategies.append((strategy, codec))
 

@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from strategies.choices import UPDATE_NORM_ACTIONS
-from strategies.codecs import CodecError, get_codec
+from strategies.codecs import Codec, CodecError, get_codec, with_entropy
 from strategies.validation import (
     DEFAULT_MAX_NUM_EXAMPLES,
     RejectedReplyError,
@@ -96,6 +96,9 @@ class CompressionStrategy(Strategy):
         (``update_norm_action="clip"``) or rejected (``"reject"``); counted either way.
     update_norm_action : str (default: "clip")
         ``clip`` or ``reject``.
+    entropy_coder : str (default: "none")
+        The lossless stage after every codec, both directions (``strategies.codecs.entropy``):
+        ``none`` or ``zstd``.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class CompressionStrategy(Strategy):
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
+        entropy_coder: str = "none",
     ) -> None:
         if reply not in REPLY_MODES:
             raise ValueError(f"reply = {reply!r}: expected one of {', '.join(REPLY_MODES)}")
@@ -123,11 +127,12 @@ class CompressionStrategy(Strategy):
         self.max_update_norm = float(max_update_norm)
         self.update_norm_action = update_norm_action
         self.strategy = strategy
-        self.downlink = get_codec(downlink)
+        self.entropy_coder = entropy_coder
+        self.downlink = self._codec(downlink)
         # Evaluation messages may travel denser than training ones (FLASC evaluates the dense
         # global model); by default they use the training downlink.
-        self.evaluate_downlink = get_codec(evaluate_downlink or downlink)
-        self.uplink_codec = get_codec(uplink)
+        self.evaluate_downlink = self._codec(evaluate_downlink or downlink)
+        self.uplink_codec = self._codec(uplink)
         self.uplink = self.uplink_codec.spec
         self.reply = reply
         # (downlink, uplink) codec names per round, e.g. a decaying top-k density.
@@ -200,7 +205,8 @@ class CompressionStrategy(Strategy):
             uplink = self.uplink
             if train and self.uplink_for_node is not None:
                 node = msg.metadata.dst_node_id
-                uplink = self.uplink_for_node(server_round, node) or self.uplink
+                asked = self.uplink_for_node(server_round, node)
+                uplink = self.uplink if asked is None else self._codec(asked).spec
                 self._asked[node] = uplink
             key = (id(msg.content), uplink)
             if key not in encoded:
@@ -209,6 +215,10 @@ class CompressionStrategy(Strategy):
             out.append(msg)
         self._add_seconds(time.perf_counter() - started)
         return out
+
+    def _codec(self, spec: str) -> Codec:
+        """The codec ``spec`` names, with this strategy's entropy stage."""
+        return get_codec(with_entropy(spec, self.entropy_coder))
 
     def _encode_content(self, content: RecordDict, train: bool, uplink: str) -> RecordDict:
         if not train:
@@ -230,7 +240,7 @@ class CompressionStrategy(Strategy):
     ) -> Iterable[Message]:
         if self.codecs_for_round is not None:
             down, up = self.codecs_for_round(server_round)
-            self.downlink, self.uplink_codec = get_codec(down), get_codec(up)
+            self.downlink, self.uplink_codec = self._codec(down), self._codec(up)
             self.uplink = self.uplink_codec.spec
         self._global = record_to_numpy(arrays)  # the dense global, for shapes and updates
         self._asked = {}
@@ -261,8 +271,8 @@ class CompressionStrategy(Strategy):
         asked = self._asked.get(msg.metadata.src_node_id, self.uplink)
         codec = self.uplink_codec if asked == self.uplink else get_codec(asked)
         check_payload_size(len(record_to_blob(record)), codec, shapes)
-        self._note_payload("up_", record)
         content = decode_content(msg.content, expected_codec=asked, expected_shapes=shapes)
+        self._note_payload("up_", record)  # only what decoded: a bound on what it inflates to
         received = record_to_numpy(content[arrays_key])
         check_finite(received)
         if self.reply == "update":

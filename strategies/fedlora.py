@@ -56,6 +56,9 @@ class FedLoRA(CompressionStrategy):
         ε at ``dp_delta`` is accounted per round. Needs ``aggregation="mean"``.
     dp_clipping_norm, dp_clipping, dp_delta : float, str, float (default: 1.0, "server", 1e-5)
         The clipping bound, whether clients clip before encoding too (``client``), and δ.
+    entropy_coder : str (default: "none")
+        The lossless stage after the codec, both directions: ``none`` or ``zstd``
+        (``CompressionStrategy``).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class FedLoRA(CompressionStrategy):
         dp_clipping_norm: float = 1.0,
         dp_clipping: str = "server",
         dp_delta: float = 1e-5,
+        entropy_coder: str = "none",
     ) -> None:
         privacy, max_update_norm, update_norm_action = private_round_settings(
             dp_noise_multiplier,
@@ -111,4 +115,5 @@ class FedLoRA(CompressionStrategy):
             max_num_examples=max_num_examples,
             max_update_norm=max_update_norm,
             update_norm_action=update_norm_action,
+            entropy_coder=entropy_coder,
         )

@@ -18,8 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from strategies.codecs import Codec, CodecError, decode_blob, get_codec
-from strategies.codecs import read_header as read_blob
+from strategies.codecs import Codec, CodecError, decode_blob, entries_of, get_codec
 
 HEADER_KEY = "flora.codec"
 CODEC = "codec"
@@ -116,7 +115,7 @@ def payload_stats(record: ArrayRecord) -> dict[str, float]:
 
     Dense kinds count as fully kept; only sparse entries choose a bitmap or gaps.
     """
-    entries, _ = read_blob(record_to_blob(record))
+    entries = entries_of(record_to_blob(record))
     total = sum(e.numel for e in entries)
     kept = sum(e.k if e.kind == "s" else e.numel for e in entries)
     return {

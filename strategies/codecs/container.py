@@ -33,6 +33,7 @@ from math import prod
 
 import numpy as np
 
+from strategies.codecs import entropy
 from strategies.codecs.bitpack import pack_bits, packed_size, unpack_bits
 from strategies.codecs.names import (
     AFFINE_BITS,
@@ -65,6 +66,9 @@ MAX_HEADER_BYTES = 1 << 20  # decompressed; a ResNet-18 header is a few KB
 # Compressed header room when bounding a whole message: our entries compress to ~30 bytes.
 HEADER_ALLOWANCE_BASE = 256
 HEADER_ALLOWANCE_PER_TENSOR = 256
+# What a compressed message may inflate to when the receiver cannot bound it by its model
+# (a client decoding the server's broadcast): far above any adapter, far below the machine.
+MAX_INFLATED_BYTES = 1 << 30
 MAX_TENSORS = 4096
 MAX_DIMS = 8
 _META_NAMES = dict(zip(METAS, ("f16", "f32"), strict=True))
@@ -470,8 +474,45 @@ class SparseCodec(Codec):
         return -(-n // 8) + _values_size(self._values_kind(), n, 1, self.value_bits, "f32")
 
 
+class EntropyCodec(Codec):
+    """Any codec's container, then the lossless zstd stage (``strategies.codecs.entropy``):
+    its name is the inner codec's with ``+zstd``; what it accepts is what the inner accepts."""
+
+    def __init__(self, inner: Codec) -> None:
+        if isinstance(inner, EntropyCodec):
+            raise CodecError(f"codec {inner.spec!r} already has the entropy stage")
+        self.inner = inner
+
+    @property
+    def spec(self) -> str:
+        return self.inner.spec + entropy.SUFFIX
+
+    def _plan(self, tensors: Mapping[str, np.ndarray]) -> object:
+        return self.inner._plan(tensors)
+
+    def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
+        return self.inner._encode_tensor(name, x, plan)
+
+    def encode(self, tensors: Mapping[str, np.ndarray]) -> bytes:
+        return entropy.compress(self.inner.encode(tensors))
+
+    def accepts(self, entry: Entry) -> bool:
+        return self.inner.accepts(entry)
+
+    def accepts_message(self, entries: list[Entry]) -> bool:
+        return self.inner.accepts_message(entries)
+
+    def max_body_bytes(self, shape: tuple[int, ...]) -> int:
+        return self.inner.max_body_bytes(shape)
+
+    def max_message_bytes(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        return entropy.bound(self.inner.max_message_bytes(shapes))
+
+
 def get_codec(spec: str) -> Codec:
     """The codec a message names; unknown or malformed names are refused, never guessed."""
+    if spec.endswith(entropy.SUFFIX):
+        return EntropyCodec(get_codec(spec[: -len(entropy.SUFFIX)]))
     if spec == "fp32":
         return FloatCodec("f32")
     if spec == "fp16":
@@ -500,7 +541,7 @@ def get_codec(spec: str) -> Codec:
         return SparseCodec(density, per_tensor=scope == "tensor", value_bits=values)
     raise CodecError(
         f"unknown codec {spec!r}: expected fp32, fp16, affine:bits=B:gran=G:meta=M or "
-        "topk:density=D:scope=S:values=V"
+        f"topk:density=D:scope=S:values=V, each optionally followed by {entropy.SUFFIX}"
     )
 
 
@@ -580,6 +621,11 @@ def read_header(blob: bytes) -> tuple[list[Entry], int]:
     return entries, 8 + header_len
 
 
+def entries_of(blob: bytes) -> list[Entry]:
+    """The header entries of a message, with or without the entropy stage."""
+    return read_header(_inflated(bytes(blob), None, None)[0])[0]
+
+
 def decode_blob(
     blob: bytes,
     expected: Mapping[str, tuple[int, ...]] | None = None,
@@ -590,7 +636,7 @@ def decode_blob(
     ``expected``: names and shapes the receiver's model has; any difference is an error.
     ``accept``: the codec the receiver asked for; entries it could not produce are refused.
     """
-    blob = bytes(blob)
+    blob, accept = _inflated(bytes(blob), expected, accept)
     entries, start = read_header(blob)
     if expected is not None:
         got = {e.name: e.shape for e in entries}
@@ -625,6 +671,29 @@ def decode_blob(
         pos += size
         out[e.name] = _decode_entry(e, chunk)
     return out
+
+
+def _inflated(
+    blob: bytes, expected: Mapping[str, tuple[int, ...]] | None, accept: Codec | None
+) -> tuple[bytes, Codec | None]:
+    """The plain container of ``blob`` and the codec its entries must satisfy. A receiver
+    that asked for the entropy stage gets it or an error, and so does one that did not."""
+    compressed = blob[: len(entropy.MAGIC)] == entropy.MAGIC
+    wanted = isinstance(accept, EntropyCodec)
+    if accept is not None and compressed != wanted:
+        raise CodecError(
+            f"payload is {'' if compressed else 'not '}zstd-compressed, unlike {accept.spec}"
+        )
+    if not compressed:
+        return blob, accept
+    inner = accept.inner if isinstance(accept, EntropyCodec) else None
+    limit = MAX_INFLATED_BYTES
+    if inner is not None and expected is not None:
+        limit = inner.max_message_bytes(expected)
+    try:
+        return entropy.decompress(blob, limit), inner
+    except entropy.EntropyError as exc:
+        raise CodecError(str(exc)) from None
 
 
 def _decode_entry(e: Entry, chunk: memoryview) -> np.ndarray:

@@ -15,6 +15,16 @@ GRANULARITIES = ("channel", "tensor")
 METAS = ("fp16", "fp32")
 # Top-k over all tensors flattened together (FLASC) or per tensor.
 SPARSITY_SCOPES = ("global", "tensor")
+# The lossless stage after any codec (strategies.codecs.entropy): none, or zstd.
+ENTROPY_CODERS = ("none", "zstd")
+
+
+def with_entropy(spec: str, coder: str) -> str:
+    """``spec`` with the entropy stage ``coder`` appended (``none``: unchanged)."""
+    if coder not in ENTROPY_CODERS:
+        raise ValueError(f"entropy coder {coder!r}: expected one of {', '.join(ENTROPY_CODERS)}")
+    suffix = "" if coder == "none" else f"+{coder}"
+    return spec if spec.endswith(suffix) else spec + suffix
 
 
 def codec_spec(bits: int, granularity: str = "channel", meta: str = "fp16") -> str:

@@ -33,6 +33,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
 
 from strategies.choices import UPDATE_NORM_ACTIONS
 from strategies.codecs import Codec, CodecError, get_codec, with_entropy
@@ -288,10 +289,11 @@ class CompressionStrategy(Strategy):
 
     def _bounded(self, received: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         """``received`` with its update (received minus the global) within the norm bound,
-        clipped as DP clips (scaled by bound / norm), or ``RejectedReplyError``."""
+        clipped as Flower's DP clips (its ``get_norm`` and ``clip_inputs_inplace``: scaled by
+        bound / norm), or ``RejectedReplyError``."""
         assert self._global is not None
-        update = {k: received[k].astype(np.float64) - self._global[k] for k in self._global}
-        norm = float(np.sqrt(sum(float(np.sum(u * u)) for u in update.values())))
+        update = [received[k] - self._global[k] for k in self._global]
+        norm = get_norm(update)
         if norm <= self.max_update_norm:
             return received
         if self.update_norm_action == "reject":
@@ -299,9 +301,10 @@ class CompressionStrategy(Strategy):
                 f"update norm {norm:.4g} exceeds max-update-norm {self.max_update_norm:g}"
             )
         self._round_metrics["clipped_replies"] = self._round_metrics.get("clipped_replies", 0) + 1
-        factor = self.max_update_norm / norm
+        clip_inputs_inplace(update, self.max_update_norm)
         return OrderedDict(
-            (k, (self._global[k] + update[k] * factor).astype(np.float32)) for k in self._global
+            (k, (self._global[k] + u).astype(np.float32))
+            for k, u in zip(self._global, update, strict=True)
         )
 
     def _decode(self, server_round: int, replies: Iterable[Message]) -> list[Message]:

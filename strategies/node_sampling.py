@@ -92,6 +92,10 @@ class NodeSampling(Strategy):
         self.strategy = strategy
         self.seed = secrets.randbits(63) if seed is None else seed
         self.over_selection = over_selection
+        # How many nodes each kind's latest sample was drawn from: a wrapper that accounts
+        # for the sampling (DP) reads it instead of listing the nodes again, which could
+        # return another population than the one sampled.
+        self.population: dict[str, int] = {}
         self._target = 0  # replies to aggregate this round; 0 = all valid ones
         self._order: dict[int, int] = {}  # node id -> position in this round's sample
         self._metrics: dict[str, float] = {}
@@ -125,6 +129,7 @@ class NodeSampling(Strategy):
         if fraction is None:
             return None
         count = len(list(grid.get_node_ids()))
+        self.population[kind] = count
         size = self._size(kind, count, fraction * (1.0 + extra))
         if kind == "train" and extra > 0.0:
             self._target = self._size(kind, count, fraction)

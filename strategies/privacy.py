@@ -101,10 +101,12 @@ class PrivacyAccounting(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        population = len(list(grid.get_node_ids()))
         if self.clipping == "client":  # what Flower's client-side wrapper tells fixedclipping_mod
             config = ConfigRecord({**config, KEY_CLIPPING_NORM: self.clipping_norm})
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        # The population the sample was drawn from: the sampler's own count when it has one.
+        sampled_from = getattr(self.strategy, "population", {}).get("train")
+        population = len(list(grid.get_node_ids())) if sampled_from is None else sampled_from
         self._round = (population, len(messages))
         return messages
 

@@ -135,6 +135,28 @@ def test_epsilon_is_what_dp_accounting_says_for_the_rounds_run() -> None:
     assert seen[0] < seen[1] < seen[2]
 
 
+class _Growing(_Nodes):
+    """A grid where a node joins every time it is listed (nodes come and go under Flower)."""
+
+    def get_node_ids(self) -> list[int]:
+        self.n += 1
+        return super().get_node_ids()
+
+
+def test_the_accounted_population_is_the_one_the_sample_was_drawn_from() -> None:
+    strategy = FedLoRA(
+        dp_noise_multiplier=1.0, dp_clipping_norm=1.0, fraction_train=0.5, min_available_nodes=1
+    )
+    dense = _big(0)
+    grid = _Growing(9)
+    nodes = _configure(strategy, dense, grid)
+    drawn_from = strategy.strategy.strategy.population["train"]  # NodeSampling's own count
+    strategy.aggregate_train(1, [make_reply(dense, 5, node, "fp32") for node in nodes])
+    metrics = take_round_metrics(strategy)
+    assert (metrics["dp_population"], metrics["dp_sample"]) == (drawn_from, len(nodes))
+    assert len(nodes) == drawn_from // 2
+
+
 @pytest.mark.parametrize(
     ("extra", "key"),
     [

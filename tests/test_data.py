@@ -26,12 +26,14 @@ from flora_app.ml.data import (
     DatasetUnavailableError,
     DataSpec,
     Split,
+    _partitioner,
     augment_batch,
     client_splits,
     fashion_mnist_missing,
     load_dataset,
     load_fashion_mnist_dataset,
     partition_indices,
+    partition_rows,
 )
 
 
@@ -52,9 +54,14 @@ def test_partitions_are_disjoint_cover_everything_and_are_deterministic(digits, 
     parts = partition_indices(labels, 10, partitioner, 0.5, 0)
     rows = np.concatenate(parts)
     assert sorted(rows.tolist()) == list(range(len(labels)))
-    again = partition_indices.__wrapped__(labels, 10, partitioner, 0.5, 0)  # bypass the cache
+    _partitioner.cache_clear()  # partition anew, not from this process's cache
+    again = partition_indices(labels, 10, partitioner, 0.5, 0)
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
-    other = partition_indices.__wrapped__(labels, 10, partitioner, 0.5, 1)
+    assert all(
+        np.array_equal(partition_rows(labels, 10, partitioner, 0.5, 0, i), part)
+        for i, part in enumerate(parts)
+    )
+    other = partition_indices(labels, 10, partitioner, 0.5, 1)
     assert not all(np.array_equal(a, b) for a, b in zip(parts, other, strict=True))
 
 

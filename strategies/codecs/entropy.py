@@ -2,13 +2,13 @@
 
     b"FLZ1" | zstd frame (content size in its header, content checksum) of a ``FLC1`` container
 
-Why zstd, and why the whole container: measured on real LoRA updates (a pretrained
-EfficientNet-Lite0 client after one round, docs/results.md), zstd level 3 removes 14-21 % of
-affine and 6-10 % of top-k messages in about a millisecond per 400 KB, as much as zlib-9 and
-bz2-9 (NVIDIA FLARE's choice) at a fraction of their time; lzma takes 5-8 points more at 50x
-the time. The gain is spread over the codes, the metadata and the fp32 norms alike, which a
-per-section coder would have to model one by one; a byte-level coder over the container
-takes it wherever it is, indices included, and composes with every codec unchanged.
+Why zstd, and why the whole container: on a real LoRA update (a pretrained EfficientNet-Lite0
+client after one round, ``codec_bench --compressors``, docs/results.md) zstd level 3 removes
+26-34 % of affine and 10-12 % of top-k messages in 1-2 ms per message: as much as zlib-9 and
+bz2-9 (NVIDIA FLARE's choice) within 1-3 points, 10-40x faster; lzma takes 4-8 points more at
+50-70x the time. The gain is spread over codes, metadata and fp32 norms alike, which a
+per-section coder would have to model one by one; a byte-level coder over the container takes
+it wherever it is, sparse indices included, and composes with every codec unchanged.
 
 The decoder trusts nothing: the frame must declare its decompressed size, that size must fit
 the bound the receiver allows (the inner codec's largest message for the model), and the

@@ -90,6 +90,7 @@ class Deployment:
         self.started: list[Managed] = []
         self.supernodes: list[SuperNode] = []
         self.superlink: Managed | None = None
+        self._superlink_argv: list[str] = []
         self.server_tls: tls.ServerTls | None = None
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cli_env = self.env("cli")
@@ -116,10 +117,16 @@ class Deployment:
         return managed
 
     # -- SuperLink -----------------------------------------------------------------------
-    def start_superlink(self, timeout: float = 60.0) -> Managed:
-        """Start ``flower-superlink`` and wait until its API answers ``/health``."""
+    def start_superlink(self, timeout: float = 60.0, database: Path | None = None) -> Managed:
+        """Start ``flower-superlink`` and wait until its API answers ``/health``.
+
+        ``database``: an SQLite file for the SuperLink's state (runs, nodes, messages), so a
+        SuperLink restarted on it (``restart_superlink``) knows what the killed one knew.
+        """
         argv = ["flower-superlink", "--host", HOST, "--port", str(self.port)]
         argv.append("--disable-runtime-dependency-installation")
+        if database is not None:
+            argv += ["--database", str(database)]
         if self.secure:
             self.server_tls = tls.make_server_tls(self.workdir / "certs")
             argv += [
@@ -134,10 +141,28 @@ class Deployment:
             argv.append("--insecure")
         if self.auth:
             argv.append("--enable-supernode-auth")
-        self.superlink = self._start("superlink", argv, "superlink")
+        self._superlink_argv = argv
         flwr_cli.write_connection(
             self.workdir / "homes" / "cli", CONNECTION, self.address, self.ca_cert
         )
+        return self._launch_superlink(timeout)
+
+    def kill_superlink(self) -> None:
+        """SIGKILL the SuperLink and its ServerApp process at once, as if its machine died."""
+        if self.superlink is None:
+            raise DeploymentError("no SuperLink to kill")
+        processes.kill_tree(self.superlink)
+        self.echo(f"killed the SuperLink (pid {self.superlink.pid}) and its ServerApp")
+
+    def restart_superlink(self, timeout: float = 60.0) -> Managed:
+        """Start the SuperLink again with the same command line: same address, certificates
+        and database. The SuperNodes, which keep retrying, reconnect on their own."""
+        if self.superlink is None or self.superlink.alive():
+            raise DeploymentError("restart_superlink needs a SuperLink that has stopped")
+        return self._launch_superlink(timeout)
+
+    def _launch_superlink(self, timeout: float) -> Managed:
+        self.superlink = self._start("superlink", self._superlink_argv, "superlink")
         ready = processes.wait_until(
             lambda: (
                 not self.superlink.alive()  # type: ignore[union-attr]

@@ -74,7 +74,7 @@ fuzz: install
 	$(BIN)/python -m flora_tools.fuzz --all --seconds $(FUZZ_SECONDS) --runs $(FUZZ_RUNS)
 
 test: install fashion-mnist
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=15
 
 test-fast: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not e2e"

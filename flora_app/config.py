@@ -36,6 +36,7 @@ from strategies.codecs.names import (
     METAS,
     SPARSITY_SCOPES,
     VALUE_BITS,
+    VECTOR_MODES,
 )
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
@@ -315,6 +316,12 @@ class CompressionSection(Section):
     )
     quant_meta: str = key(
         "fp16", "dtype of the affine scales and offsets on the wire", choices=METAS
+    )
+    quant_vectors: str = key(
+        "fp32",
+        "flocora: 1-D tensors (norm weights, biases) sent fp32 (the paper's) or quantized per "
+        "tensor at the same width ('quant')",
+        choices=VECTOR_MODES,
     )
     quant_update: bool = key(True, "flocora clients quantize their update, not their weights")
     error_feedback: bool = key(False, "clients carry their compression residual to next round")

@@ -63,6 +63,7 @@ def _flocora(cfg: FloraConfig, tiers: NodeValue = None) -> FLoCoRA:
         quant_bits_down=c.quant_bits_down,
         quant_granularity=c.quant_granularity,
         quant_meta=c.quant_meta,
+        quant_vectors=c.quant_vectors,
         reply="update" if c.quant_update else "weights",
         error_feedback=c.error_feedback,
         **_replies(cfg),

@@ -16,6 +16,7 @@ from strategies.codecs import (
     AffineCodec,
     CodecError,
     FloatCodec,
+    codec_spec,
     decode_blob,
     get_codec,
     read_header,
@@ -155,6 +156,30 @@ def test_float_codecs(spec: str) -> None:
         np.testing.assert_allclose(got, x["a"], rtol=1e-3)
 
 
+def test_vec_quant_quantizes_the_1d_tensors_too() -> None:
+    rng = np.random.default_rng(0)
+    tensors = OrderedDict(
+        w=rng.normal(size=(8, 16)).astype(np.float32),
+        norm=rng.normal(size=300).astype(np.float32),
+    )
+    plain, packed = get_codec(codec_spec(4)), get_codec(codec_spec(4, vectors="quant"))
+    assert packed.spec == "affine:bits=4:gran=channel:meta=fp16:vec=quant"
+    assert get_codec(packed.spec).spec == packed.spec
+    entries = {e.name: e for e in read_header(packed.encode(tensors))[0]}
+    assert entries["norm"].kind == "q"
+    assert entries["norm"].body_size() == 4 + 2 * 2 + 300 // 2  # unit, one scale and offset
+    assert {e.name: e.kind for e in read_header(plain.encode(tensors))[0]}["norm"] == "f32"
+    assert len(packed.encode(tensors)) < len(plain.encode(tensors)) - 4 * 300 + 300 // 2 + 64
+    # a receiver that asked for fp32 vectors refuses quantized ones, and the other way round
+    with pytest.raises(CodecError, match="not as affine"):
+        decode_blob(packed.encode(tensors), accept=plain)
+    with pytest.raises(CodecError, match="not as affine"):
+        decode_blob(plain.encode(tensors), accept=packed)
+    got = decode_blob(packed.encode(tensors), accept=packed)["norm"]
+    step = (tensors["norm"].max() - tensors["norm"].min()) / 15
+    assert np.abs(got - tensors["norm"]).max() <= step / 2 * (1 + 1e-3)
+
+
 def test_sizes_are_what_the_bits_promise() -> None:
     x = OrderedDict(w=np.random.default_rng(0).normal(size=(64, 16, 3, 3)).astype(np.float32))
     n = 64 * 16 * 9
@@ -243,7 +268,15 @@ def test_decoder_checks_names_shapes_and_codec_parameters() -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["int8", "affine:bits=9:gran=channel:meta=fp16", "affine:bits=4", "affine:x=1"]
+    "spec",
+    [
+        "int8",
+        "affine:bits=9:gran=channel:meta=fp16",
+        "affine:bits=4",
+        "affine:x=1",
+        "affine:bits=4:gran=channel:meta=fp16:vec=fp32",  # the default is never spelled out
+        "affine:bits=4:gran=channel:meta=fp16:vec=int8",
+    ],
 )
 def test_unknown_or_malformed_codec_names_are_refused(spec: str) -> None:
     with pytest.raises(CodecError):

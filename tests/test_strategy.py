@@ -117,6 +117,9 @@ def test_strategy_classes_build_the_baseline_and_flocora() -> None:
     flocora = FLoCoRA(quant_bits=2, quant_bits_down=8, reply="weights")
     assert flocora.uplink == codec_spec(2) and flocora.downlink.spec == codec_spec(8)
     assert flocora.reply == "weights" and type(innermost(flocora)) is FedAvg
+    both = FLoCoRA(quant_bits=4, quant_bits_down=8, quant_vectors="quant", entropy_coder="zstd")
+    assert both.uplink == codec_spec(4, vectors="quant") + "+zstd"
+    assert both.downlink.spec == codec_spec(8, vectors="quant") + "+zstd"
 
 
 def test_downlink_is_encoded_once_and_names_the_reply_codec() -> None:

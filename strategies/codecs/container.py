@@ -16,7 +16,8 @@ the decoder checks the exact body length *before* allocating anything.
 values as ``f32``, ``f16`` or per-tensor affine ``q``).
 
 Codec names (the ``spec`` a message header carries): ``fp32``, ``fp16``,
-``affine:bits=<1..8>:gran=<channel|tensor>:meta=<fp16|fp32>``,
+``affine:bits=<1..8>:gran=<channel|tensor>:meta=<fp16|fp32>[:vec=quant]`` (``vec=quant``: 1-D
+tensors quantized per tensor too, instead of fp32),
 ``topk:density=<(0,1]>:scope=<global|tensor>:values=<32|16|1..8>``.
 """
 
@@ -41,6 +42,7 @@ from strategies.codecs.names import (
     METAS,
     SPARSITY_SCOPES,
     VALUE_BITS,
+    VECTOR_MODES,
     codec_spec,
     sparse_spec,
 )
@@ -325,7 +327,12 @@ class AffineCodec(Codec):
 
     @property
     def spec(self) -> str:
-        return codec_spec(self.bits, "channel" if self.per_channel else "tensor", self.meta)
+        return codec_spec(
+            self.bits,
+            "channel" if self.per_channel else "tensor",
+            self.meta,
+            "fp32" if self.keep_1d else "quant",
+        )
 
     def _stays_float(self, x: np.ndarray) -> bool:
         return x.size == 0 or (self.keep_1d and x.ndim <= 1)
@@ -363,6 +370,7 @@ class AffineCodec(Codec):
             return entry.numel == 0 or (self.keep_1d and len(entry.shape) <= 1)
         return (
             entry.kind == "q"
+            and not (self.keep_1d and len(entry.shape) <= 1)  # those travel fp32
             and entry.bits == self.bits
             and entry.per_channel == self.per_channel
             and entry.meta in ("f32", _META_NAMES[self.meta])
@@ -523,11 +531,16 @@ def get_codec(spec: str) -> Codec:
             bits = int(params.pop("bits"))
             gran = params.pop("gran")
             meta = params.pop("meta")
+            vectors = params.pop("vec", VECTOR_MODES[0])
         except (KeyError, ValueError):
             raise CodecError(f"malformed codec {spec!r}") from None
-        if params or gran not in GRANULARITIES:
+        # One name per codec: fp32 vectors are the default and never spelled out.
+        spelled_default = f"vec={VECTOR_MODES[0]}" in spec.split(":")
+        if params or gran not in GRANULARITIES or vectors not in VECTOR_MODES or spelled_default:
             raise CodecError(f"malformed codec {spec!r}")
-        return AffineCodec(bits, per_channel=gran == "channel", meta=meta)
+        return AffineCodec(
+            bits, per_channel=gran == "channel", meta=meta, keep_1d=vectors == VECTOR_MODES[0]
+        )
     if spec.startswith("topk:"):
         try:
             params = dict(part.split("=", 1) for part in spec.split(":")[1:])

@@ -13,6 +13,9 @@ VALUE_BITS = (*AFFINE_BITS, *FLOAT_BITS)
 GRANULARITIES = ("channel", "tensor")
 # Dtype of the affine scale and offset on the wire.
 METAS = ("fp16", "fp32")
+# 1-D tensors (norm weights, biases) under an affine codec: fp32 as the paper, or quantized per
+# tensor like the rest ("quant": spelled ``:vec=quant`` in the codec name).
+VECTOR_MODES = ("fp32", "quant")
 # Top-k over all tensors flattened together (FLASC) or per tensor.
 SPARSITY_SCOPES = ("global", "tensor")
 # The lossless stage after any codec (strategies.codecs.entropy): none, or zstd.
@@ -27,13 +30,18 @@ def with_entropy(spec: str, coder: str) -> str:
     return spec if spec.endswith(suffix) else spec + suffix
 
 
-def codec_spec(bits: int, granularity: str = "channel", meta: str = "fp16") -> str:
+def codec_spec(
+    bits: int, granularity: str = "channel", meta: str = "fp16", vectors: str = "fp32"
+) -> str:
     """The codec name for a value width: 32 -> fp32, 16 -> fp16, 1..8 -> affine."""
     if bits == 32:
         return "fp32"
     if bits == 16:
         return "fp16"
-    return f"affine:bits={bits}:gran={granularity}:meta={meta}"
+    if vectors not in VECTOR_MODES:
+        raise ValueError(f"vectors = {vectors!r}: expected one of {', '.join(VECTOR_MODES)}")
+    spec = f"affine:bits={bits}:gran={granularity}:meta={meta}"
+    return spec if vectors == "fp32" else f"{spec}:vec={vectors}"
 
 
 def sparse_spec(density: float, scope: str, value_bits: int) -> str:

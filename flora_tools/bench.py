@@ -242,6 +242,36 @@ FMNIST_SWEEP: tuple[SweepConfig, ...] = (
         {"strategy": "fedlora", **_EFFNET, "pretrained": False, "batchnorm-stats": "measured"},
         seeds=1,
     ),
+    # Issue 14, past both papers, in the pretrained setting (where Δ is measurable): each new
+    # technique on its own, then the frontier. The entropy stage is lossless (the same run as
+    # without it, bytes aside), so one seed measures it; FedAvg's row is the byte reference.
+    SweepConfig("effnet-pt-fedavg", {"strategy": "fedavg", **_EFFNET}, seeds=1),
+    SweepConfig(
+        "effnet-pt-flocora-q4-zstd", {**_flocora(4), **_EFFNET, "entropy-coder": "zstd"}, seeds=1
+    ),
+    SweepConfig(
+        "effnet-pt-flocora-q4-vec", {**_flocora(4), **_EFFNET, "quant-vectors": "quant"}, seeds=3
+    ),
+    SweepConfig(
+        "effnet-pt-ffa-flocora-q4", {**_flocora(4), **_EFFNET, "lora-freeze-a": True}, seeds=3
+    ),
+    SweepConfig(
+        "effnet-pt-flasc-d10-v8-zstd",
+        {**_flasc(0.1), **_EFFNET, "sparse-value-bits": 8, "entropy-coder": "zstd"},
+        seeds=3,
+    ),
+    SweepConfig(
+        "effnet-pt-frontier",
+        # 4 bits both ways, 1-D tensors too, A frozen (never sent), then zstd
+        {
+            **_flocora(4, down=4),
+            **_EFFNET,
+            "quant-vectors": "quant",
+            "lora-freeze-a": True,
+            "entropy-coder": "zstd",
+        },
+        seeds=3,
+    ),
 )
 
 _FMNIST = {

@@ -376,9 +376,13 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
         "effnet-pt-fedlora",
         "effnet-pt-flocora-q4",
         "effnet-pt-flasc-d10",
+        "effnet-pt-flocora-q4-vec",
+        "effnet-pt-ffa-flocora-q4",
+        "effnet-pt-flasc-d10-v8-zstd",
+        "effnet-pt-frontier",
     }
     names = [c.name for c in preset.sweep]
-    assert headline < set(names) and len(names) == 15
+    assert headline < set(names) and len(names) == 21
 
     def counts(floor: int) -> dict[str, int]:
         jobs = plan(preset, list(preset.sweep), floor, {}, tmp_path)
@@ -411,8 +415,13 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
     assert keys["effnet-scratch-fedlora"]["pretrained"] is False
     assert keys["effnet-scratch-fedlora"]["batchnorm-stats"] == "measured"
     assert keys["effnet-pt-flasc-d10"]["density-up"] == 0.1
+    from flora_tools.preflight import run_config_problem
+
     for job in jobs:
         assert parse_run_config(format_run_config(job.keys)) == job.keys
+        assert run_config_problem(job.keys) is None, job.config.name  # every row would start
+    assert keys["effnet-pt-frontier"]["quant-bits-down"] == 4
+    assert keys["effnet-pt-frontier"]["lora-freeze-a"] is True
     # The other presets keep the global sweep.
     assert PRESETS["cpu-digits"].sweep is SWEEP and PRESETS["cifar10-paper"].sweep is SWEEP
     assert len(plan(PRESETS["cpu-digits"], list(SWEEP), 1, {}, tmp_path)) == len(SWEEP)

@@ -12,6 +12,7 @@ plots (``flora_tools.bench_report``) next to every run's own folder::
     python -m flora_tools.bench --configs fedavg,flocora-q4 --rounds 10 --out outputs/b
     python -m flora_tools.bench --report-only --out outputs/b   # rebuild the report
     python -m flora_tools.bench --headline fedavg,fedlora,flocora-q4 --out outputs/b  # docs table
+    python -m flora_tools.bench --headline fedavg,fedlora --link --out outputs/b  # over edge links
     python -m flora_tools.bench --preset cifar10-paper          # FLoCoRA's setup, needs the Hub
 
 The sweep (``SWEEP``): ``fedavg`` (full model); ``fedlora`` r = 8, 16, 32 (alpha = 16 r, as
@@ -87,7 +88,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flora_tools.bench_report import Group, Run, headline_table, write_report
+from flora_tools.bench_report import (
+    HEADLINE_COLUMNS,
+    LINK_COLUMNS,
+    Group,
+    Run,
+    headline_table,
+    write_report,
+)
 from flora_tools.preflight import (
     RunConfigSyntaxError,
     app_defaults,
@@ -746,6 +754,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--headline", default="", help="print the headline table of --out for these configs"
     )
+    parser.add_argument(
+        "--link", action="store_true", help="with --headline: simulated time over edge links"
+    )
     parser.add_argument("--list", action="store_true", help="print the preset's sweep and exit")
     args = parser.parse_args(argv)
 
@@ -764,7 +775,10 @@ def main(argv: list[str] | None = None) -> int:
             groups, meta = load_groups(args.out)
             names = [n.strip() for n in args.headline.split(",") if n.strip()]
             target = args.target or meta["target_accuracy"]
-            print(headline_table(groups, names, target, args.reference, args.byte_reference))
+            columns = LINK_COLUMNS if args.link else HEADLINE_COLUMNS
+            print(
+                headline_table(groups, names, target, args.reference, args.byte_reference, columns)
+            )
             return 0
         print(build_report(args.out, args.target, args.reference, args.byte_reference))
         return 0

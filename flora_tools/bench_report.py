@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from flora_tools.link_model import PROFILES, LinkProfile, cumulative_seconds
 
 MB = 1e6
 LAST_ROUNDS = 5  # the "last rounds" mean: a round's accuracy moves by points with 10 clients
@@ -133,6 +135,15 @@ class Run:
 
     def mb_per_round(self) -> float:
         return float(self.round_mb().mean())
+
+    def link_seconds(self, profile: LinkProfile) -> np.ndarray:
+        """Simulated wall seconds after each round over ``profile`` (``link_model``)."""
+        return cumulative_seconds(self.rounds, profile, self.seed or 0)
+
+    def link_time_to_reach(self, target: float, profile: LinkProfile) -> float | None:
+        """Simulated seconds at the first round at or above ``target``; None if none is."""
+        reached = np.flatnonzero(self.accuracies() >= target)
+        return float(self.link_seconds(profile)[reached[0]]) if reached.size else None
 
     def mb_per_client_round(self) -> float | None:
         """Training MB per client message per round: the ServerApp's own definition of
@@ -301,6 +312,9 @@ def build_rows(
             "mb_to_target": float(np.mean(reached)) if reached else None,
             "seeds_reaching_target": len(reached),
             "seconds_per_round": float(np.mean([r.seconds_per_round() for r in runs])),
+            "link_minutes_to_target": {
+                name: _link_minutes(runs, target, profile) for name, profile in PROFILES.items()
+            },
             "codec_share": float(np.mean([r.codec_share() for r in runs])),
             "memory_mb": memory.get("rss_delta_mb"),
             "cuda_memory_mb": memory.get("cuda_peak_mb"),
@@ -308,6 +322,12 @@ def build_rows(
         }
         rows.append(group.row)
     return rows
+
+
+def _link_minutes(runs: Sequence[Run], target: float, profile: LinkProfile) -> dict[str, Any]:
+    """Mean simulated minutes to ``target`` over the seeds that reach it, and how many do."""
+    reached = [s for s in (r.link_time_to_reach(target, profile) for r in runs) if s is not None]
+    return {"minutes": float(np.mean(reached)) / 60 if reached else None, "reached": len(reached)}
 
 
 def _fmt_mb(mb: float) -> str:
@@ -339,7 +359,16 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
     delta = _fmt_points(row["delta_vs_reference"], row["delta_vs_reference_ci"], sign=True)
     if row["delta_vs_reference"] is not None and row["delta_seeds"] < n:
         delta += f" ({row['delta_seeds']}/{n} seeds)"
+    links = {}
+    for name, value in row.get("link_minutes_to_target", {}).items():
+        minutes = value["minutes"]
+        links[f"link_{name}"] = (
+            f"not reached (0/{n})"
+            if minutes is None
+            else f"{minutes:.1f} ({value['reached']}/{n} reached)"
+        )
     return {
+        **links,
         "config": f"`{row['config']}`",
         "strategy": row["strategy"],
         "settings": row["settings"],
@@ -370,6 +399,10 @@ COLUMNS: dict[str, str] = {
     "mb_client_round": "MB up+down / client / round",
     "reduction": "reduction vs {byte_reference} (up+down)",
     "to_target": "MB to {target} (seeds reached)",
+    **{
+        f"link_{name}": f"simulated minutes to {{target}} over {name} (seeds reached)"
+        for name in PROFILES
+    },
     "seconds": "s / round",
     "codec": "codec share of round",
     "memory": "client training peak MB",
@@ -382,6 +415,12 @@ HEADLINE_COLUMNS: tuple[str, ...] = (
     "mb_client_round",
     "reduction",
     "to_target",
+)
+LINK_COLUMNS: tuple[str, ...] = (
+    "config",
+    "final",
+    "mb_client_round",
+    *(f"link_{name}" for name in PROFILES),
 )
 
 
@@ -407,6 +446,7 @@ def headline_table(
     target: float | None = None,
     reference: str = "fedlora",
     byte_reference: str = "fedavg",
+    columns: Sequence[str] = HEADLINE_COLUMNS,
 ) -> str:
     """The listed rows with the headline columns (final accuracy, Δ vs the reference, MB per
     client per round, reduction, MB to target), for the docs and the README.
@@ -423,35 +463,38 @@ def headline_table(
     unknown = [n for n in names if n not in rows]
     if unknown:
         raise ValueError(f"unknown configurations {unknown}; known: {', '.join(rows)}")
-    return markdown_table([rows[n] for n in names], HEADLINE_COLUMNS)
+    return markdown_table([rows[n] for n in names], columns)
 
 
 def accuracy_band(
-    runs: Sequence[Run],
+    runs: Sequence[Run], x: Callable[[Run], np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Per round: mean cumulative MB, mean accuracy, and the band's low / high edges.
+    """Per round: mean x (cumulative MB unless ``x`` says otherwise: e.g. simulated time),
+    mean accuracy, and the band's low / high edges.
 
     The band is the 95 % t interval of the mean for 3+ seeds, min..max for 2 (where t(0.975, 1)
     = 12.7 would draw a band wider than the axis) and absent (None) for one seed. Rounds past
     the shortest run are dropped, so every point averages the same seeds."""
+    x = x or Run.cumulative_mb
     n_rounds = min(len(r.rounds) for r in runs)
     acc = np.stack([r.accuracies()[:n_rounds] for r in runs])
-    mbs = np.stack([r.cumulative_mb()[:n_rounds] for r in runs]).mean(axis=0)
+    xs = np.stack([x(r)[:n_rounds] for r in runs]).mean(axis=0)
     mean = acc.mean(axis=0)
     if len(runs) == 1:
-        return mbs, mean, None, None
+        return xs, mean, None, None
     if len(runs) == 2:
-        return mbs, mean, acc.min(axis=0), acc.max(axis=0)
+        return xs, mean, acc.min(axis=0), acc.max(axis=0)
     half = t975(len(runs) - 1) * acc.std(axis=0, ddof=1) / math.sqrt(len(runs))
-    return mbs, mean, mean - half, mean + half
+    return xs, mean, mean - half, mean + half
 
 
 _STYLES = {"fedavg": "-", "fedlora": "--", "flocora": "-.", "flasc": ":"}
 
 
 def plot(groups: list[Group], out_dir: Path, target: float) -> list[Path]:
-    """``accuracy_vs_mb.png`` (log x) and ``accuracy_vs_round.png``: each configuration's mean
-    curve over seeds with its shaded band (``accuracy_band``)."""
+    """``accuracy_vs_mb.png`` (log x), ``accuracy_vs_round.png`` and, per link profile,
+    ``accuracy_vs_time_<profile>.png``: each configuration's mean curve over seeds with its
+    shaded band (``accuracy_band``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -460,12 +503,23 @@ def plot(groups: list[Group], out_dir: Path, target: float) -> list[Path]:
 
     tab20 = plt.get_cmap("tab20").colors
     colors = tab20[::2] + tab20[1::2]  # the ten strong colours first, then their light pairs
-    curves = [accuracy_band(g.runs) for g in groups]
+    axes: dict[str, tuple[Callable[[Run], np.ndarray], str]] = {
+        "mb": (
+            Run.cumulative_mb,
+            "cumulative training communication, up + down (MB, measured, log)",
+        ),
+        "round": (lambda r: np.arange(1, len(r.rounds) + 1), "round"),
+    }
+    for name, profile in PROFILES.items():
+        axes[f"time_{name}"] = (
+            lambda r, p=profile: r.link_seconds(p) / 60,
+            f"simulated wall time over {name} links (minutes, flora_tools/link_model.py)",
+        )
     paths = []
-    for kind in ("mb", "round"):
+    for kind, (x, label_x) in axes.items():
         fig, ax = plt.subplots(figsize=(10, 5.5))
-        for i, (group, (mbs, mean, low, high)) in enumerate(zip(groups, curves, strict=True)):
-            xs = mbs if kind == "mb" else np.arange(1, mean.size + 1)
+        for i, group in enumerate(groups):
+            xs, mean, low, high = accuracy_band(group.runs, x)
             style = _STYLES.get(group.runs[0].config["strategy"], "-")
             color = colors[i % len(colors)]
             label = f"{group.name} (n={len(group.runs)})"
@@ -475,10 +529,9 @@ def plot(groups: list[Group], out_dir: Path, target: float) -> list[Path]:
         ax.axhline(target, color="grey", linewidth=0.8, linestyle=(0, (1, 3)))
         if kind == "mb":
             ax.set_xscale("log")
-            ax.set_xlabel("cumulative training communication, up + down (MB, measured, log)")
-        else:
-            ax.set_xlabel("round")
+        if kind == "round":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(label_x)
         ax.set_title("mean over seeds; band: 95 % CI of the mean (n = 2: min..max)", fontsize=9)
         ax.set_ylabel("test accuracy (centralised)")
         ax.set_ylim(0, 1)
@@ -514,6 +567,13 @@ NOTES = """\
   over each row's seeds); n/a without a `{byte_reference}` row.
 - MB to {target}: cumulative training MB at the first round at or above {target} test accuracy,
   mean over the seeds that reach it; "(k/n reached)" counts them.
+- simulated minutes to {target} over <profile>: the rounds replayed over edge links
+  (`flora_tools/link_model.py`: per client, two round trips + broadcast / its downlink + the
+  measured client time + its reply / its uplink; a round waits for its slowest client; each
+  client's bandwidths drawn log-normally around the profile's medians, the same draws for every
+  configuration of a seed): cumulative simulated time at the first round at or above {target},
+  mean over the seeds that reach it. Profiles: lte 20 / 5 Mbit/s, 50 ms; 3g 2 / 0.5 Mbit/s,
+  200 ms. Training traffic only; server time left out.
 - s / round: mean wall seconds of a round (training, evaluate phase, server evaluation),
   rounds 2 onwards (round 1 also pays the simulation's start-up), mean over seeds.
 - codec share: (server codec s + one client's codec s) / round s over the same rounds; the

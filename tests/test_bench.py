@@ -332,7 +332,12 @@ def test_report_rows_bytes_reduction_times_and_memory(tmp_path: Path) -> None:
     cells = _cells(markdown_table([a, b]))
     assert cells["fedavg"][4] == "93.0 ± 25.4" and cells["flocora-q4"][9] == "10.0x"
     assert cells["flocora-q4"][7] == "1.00" and cells["flocora-q4"][8] == "0.100"
-    assert cells["flocora-q4"][13] == "4.5" and cells["fedavg"][13] == "n/a"
+    assert cells["flocora-q4"][15] == "4.5" and cells["fedavg"][15] == "n/a"
+    # simulated time over edge links: fedavg's 10 MB rounds take longer than flocora's 1 MB
+    assert cells["fedavg"][11].endswith("(2/2 reached)")
+    minutes = {row["config"]: row["link_minutes_to_target"]["3g"]["minutes"] for row in (a, b)}
+    assert minutes["fedavg"] > 0 and minutes["flocora-q4"] is not None
+    assert a["link_minutes_to_target"]["lte"]["reached"] == 2
     assert cells["flocora-q4"][2] == "r=16, alpha=256, up 4-bit, down fp32"
 
 

@@ -20,13 +20,16 @@ from flora_app.ml.lora import (
     base_fingerprint_of,
     build_trainable,
     exchanged_state,
+    keep_rank,
     load_exchanged_state,
+    restore_outside_rank,
     running_statistics,
 )
 from flora_app.ml.training import evaluate as evaluate_model
 from flora_app.ml.training import train as train_model
 from flora_app.task import ASK_KEY, ASK_PARTITION, load_client_data, model_spec, partition_of
 from flora_app.tiers import TIER_KEY
+from strategies.choices import RANK_KEY
 from strategies.mod import client_clipping_mod, compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
 
@@ -68,6 +71,10 @@ def train(msg: Message, context: Context) -> Message:
     robust = cfg.robustness
     if robust.attack == "label-flip" and is_attacker(partition, robust.byzantine_clients):
         train_split = Split(train_split.x, flipped_labels(train_split.y, dataset.num_classes))
+    rank = config.get(RANK_KEY)  # a smaller rank than the global one (strategies.rank_tiers)
+    if rank is not None:
+        received = exchanged_state(model, spec)
+        keep_rank(model, int(rank))
     loss = train_model(
         model,
         train_split,
@@ -81,9 +88,12 @@ def train(msg: Message, context: Context) -> Message:
         ),
         frozen_batchnorm=cfg.model.batchnorm_stats == "frozen",
     )
+    trained = exchanged_state(model, spec)
+    if rank is not None:
+        restore_outside_rank(trained, received, int(rank))
     content = RecordDict(
         {
-            "arrays": numpy_to_record(exchanged_state(model, spec)),
+            "arrays": numpy_to_record(trained),
             "metrics": MetricRecord({"train-loss": loss, "num-examples": len(train_split)}),
         }
     )

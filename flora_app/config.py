@@ -352,13 +352,20 @@ class CompressionSection(Section):
         "asked for its own uplink (a density under flasc, a value width under flocora); "
         "empty: one uplink for all",
     )
+    rank_tiers: str = key(
+        "",
+        "heterogeneous devices by LoRA rank, 'share:rank,...': shares of the nodes (summing to "
+        "1), each training only the first rank components (HetLoRA); every component is "
+        "averaged over the nodes that trained it; empty: all train lora-r",
+    )
 
     def check(self) -> None:
         _check_schedule("density-schedule", self.density_schedule)
-        try:
-            parse_tiers(self.tiers)
-        except TiersError as exc:
-            raise ConfigError(f"run-config 'tiers' = {self.tiers!r}: {exc}") from None
+        for name, text in (("tiers", self.tiers), ("rank-tiers", self.rank_tiers)):
+            try:
+                parse_tiers(text)
+            except TiersError as exc:
+                raise ConfigError(f"run-config '{name}' = {text!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -484,6 +491,30 @@ class FloraConfig:
     robustness: RobustnessSection = field(default_factory=RobustnessSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
 
+    def _check_rank_tiers(self) -> None:
+        """Ranks are whole numbers up to lora-r, on a LoRA strategy whose aggregate is linear
+        in the updates (the masked mean of ``strategies.rank_tiers`` rescales them)."""
+        text = self.compression.rank_tiers
+        ranks = [v for _, v in parse_tiers(text)]
+        if not ranks:
+            return
+        r = self.lora.lora_r
+        bad = [v for v in ranks if v != int(v) or not 1 <= v <= r]
+        problem = (
+            f"ranks {bad}: expected whole numbers in 1..lora-r = {r}"
+            if bad
+            else f"with strategy = {self.run.strategy!r}: only LoRA strategies have ranks"
+            if self.run.strategy == "fedavg"
+            else f"with aggregation = {self.robustness.aggregation!r}: expected 'mean' (each "
+            "component is a mean over the nodes that trained it)"
+            if self.robustness.aggregation != "mean"
+            else "with dp-noise-multiplier > 0: the rescaled updates break DP's sensitivity"
+            if self.privacy.dp_noise_multiplier > 0.0
+            else None
+        )
+        if problem:
+            raise ConfigError(f"run-config 'rank-tiers' = {text!r}: {problem}")
+
     def check_across(self) -> None:
         """What one section cannot check alone: the meaning of ``tiers`` values depends on
         the strategy; DP needs the mean of every sampled reply and its own clipping."""
@@ -504,6 +535,7 @@ class FloraConfig:
                     f"run-config '{name}' = {value!r} with dp-noise-multiplier > 0: expected "
                     f"{expected}"
                 )
+        self._check_rank_tiers()
         tiers = parse_tiers(self.compression.tiers)
         if not tiers:
             return

@@ -106,7 +106,12 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
     # Nodes in partition order (same seed, same run); its partition queries are not metered.
     ordered = PartitionOrderedGrid(grid)
     tiers = parse_tiers(cfg.compression.tiers)
-    strategy = build_strategy(cfg, NodeTiers(tiers, cfg.run.seed, ordered) if tiers else None)
+    ranks = parse_tiers(cfg.compression.rank_tiers)
+    strategy = build_strategy(
+        cfg,
+        NodeTiers(tiers, cfg.run.seed, ordered) if tiers else None,
+        NodeTiers(ranks, cfg.run.seed, ordered) if ranks else None,
+    )
 
     total_params = base_parameter_count(spec)
     run_info = {

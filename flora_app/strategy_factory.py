@@ -10,7 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from flora_app.config import STRATEGIES, FloraConfig
+from flora_app.ml.lora import rank_mask
 from strategies import FLASC, CompressionStrategy, FedLoRA, FLoCoRA
+from strategies.rank_tiers import RankTiers
 
 
 def _sampling(cfg: FloraConfig) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def _flocora(cfg: FloraConfig, tiers: NodeValue = None) -> FLoCoRA:
     return FLoCoRA(
         **_sampling(cfg),
         quant_bits=c.quant_bits,
-        quant_bits_for_node=None if tiers is None else _as_bits(tiers),
+        quant_bits_for_node=None if tiers is None else _as_int(tiers),
         quant_bits_down=c.quant_bits_down,
         quant_granularity=c.quant_granularity,
         quant_meta=c.quant_meta,
@@ -93,12 +95,14 @@ def _flasc(cfg: FloraConfig, tiers: NodeValue = None) -> FLASC:
 
 # fedavg exchanges the whole model through the same dense fp32 strategy as fedlora: what
 # differs is the model the app builds (``FloraConfig.use_lora``), not the strategy.
-def _as_bits(tiers: Callable[[int], float | None]) -> Callable[[int], int | None]:
-    def bits(node: int) -> int | None:
+def _as_int(tiers: Callable[[int], float | None]) -> Callable[[int], int | None]:
+    """A tier value as a whole number (bits, a rank)."""
+
+    def whole(node: int) -> int | None:
         value = tiers(node)
         return None if value is None else int(value)
 
-    return bits
+    return whole
 
 
 BUILDERS: dict[str, Callable[[FloraConfig, NodeValue], CompressionStrategy]] = {
@@ -110,7 +114,16 @@ BUILDERS: dict[str, Callable[[FloraConfig, NodeValue], CompressionStrategy]] = {
 assert tuple(BUILDERS) == STRATEGIES, "every strategy choice has exactly one builder"
 
 
-def build_strategy(cfg: FloraConfig, tiers: NodeValue = None) -> CompressionStrategy:
+def build_strategy(
+    cfg: FloraConfig, tiers: NodeValue = None, ranks: NodeValue = None
+) -> CompressionStrategy:
     """The configured strategy, ready for ``start``; ``tiers`` maps a node to its tier's
-    uplink value (``flora_app.tiers.NodeTiers``) when ``tiers`` is set."""
-    return BUILDERS[cfg.run.strategy](cfg, tiers)
+    uplink value and ``ranks`` to its LoRA rank (``flora_app.tiers.NodeTiers``) when
+    ``tiers`` / ``rank-tiers`` are set. Rank tiers wrap the strategy beneath the codecs, so
+    they see decoded replies (``strategies.rank_tiers``)."""
+    strategy = BUILDERS[cfg.run.strategy](cfg, tiers)
+    if ranks is not None:
+        strategy.strategy = RankTiers(
+            strategy.strategy, rank_for_node=_as_int(ranks), rank_mask=rank_mask
+        )
+    return strategy

@@ -10,3 +10,7 @@ UPDATE_NORM_ACTIONS = ("clip", "reject")
 # Where central DP clips updates (``strategies.privacy``): the server, on what it decodes; or
 # the clients too, before encoding.
 CLIPPING_SIDES = ("server", "client")
+
+# The training-config key that carries the LoRA rank a node is asked to train
+# (``strategies.rank_tiers``; the ClientApp reads it).
+RANK_KEY = "lora-rank"

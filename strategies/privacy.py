@@ -26,10 +26,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from strategies.chain import Forwarding
 from strategies.choices import CLIPPING_SIDES
 
 
-class PrivacyAccounting(Strategy):
+class PrivacyAccounting(Forwarding):
     """Count every private release of ``strategy`` in an RDP accountant; ε per round.
 
     Parameters
@@ -71,7 +72,7 @@ class PrivacyAccounting(Strategy):
         self.accountant = rdp.RdpAccountant(
             neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
         )
-        self.strategy = strategy
+        super().__init__(strategy)
         self.noise_multiplier = noise_multiplier
         self.clipping_norm = clipping_norm
         self.delta = delta
@@ -89,9 +90,6 @@ class PrivacyAccounting(Strategy):
 
     def epsilon(self) -> float:
         return float(self.accountant.get_epsilon(self.delta)) if self.releases else 0.0
-
-    def summary(self) -> None:
-        self.strategy.summary()
 
     def take_round_metrics(self) -> dict[str, float]:
         """``dp_epsilon`` (cumulative, at ``delta``) after this round."""
@@ -132,16 +130,6 @@ class PrivacyAccounting(Strategy):
                     self.event(int(record["dp_population"]), int(record["dp_sample"]))
                 )
                 self.releases += 1
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def private_round_settings(

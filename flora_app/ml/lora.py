@@ -197,6 +197,49 @@ def _is_lora_a(name: str) -> bool:
     return ".lora_A." in name or name.endswith(".lora_A")
 
 
+def _is_lora_b(name: str) -> bool:
+    return ".lora_B." in name or name.endswith(".lora_B")
+
+
+def rank_mask(name: str, shape: tuple[int, ...], rank: int) -> np.ndarray | None:
+    """The entries of an exchanged tensor that the first ``rank`` LoRA components own (True),
+    or None for a tensor without rank components (norms, head: always trained whole).
+
+    peft keeps the components along dim 0 of A (``(r, ...)``) and dim 1 of B (``(out, r, ...)``).
+    """
+    axis = 0 if _is_lora_a(name) else 1 if _is_lora_b(name) else None
+    if axis is None or len(shape) <= axis:
+        return None
+    mask = np.zeros(shape, dtype=bool)
+    index: list[slice] = [slice(None)] * len(shape)
+    index[axis] = slice(0, rank)
+    mask[tuple(index)] = True
+    return mask
+
+
+def keep_rank(model: nn.Module, rank: int) -> None:
+    """Zero every LoRA component from ``rank`` on (A's rows and B's columns), so the model
+    trains a rank-``rank`` adapter: with both halves of a component zero, neither gets a
+    gradient, and they stay zero through local SGD."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if _is_lora_a(name):
+                parameter[rank:] = 0.0
+            elif _is_lora_b(name):
+                parameter[:, rank:] = 0.0
+
+
+def restore_outside_rank(
+    trained: dict[str, np.ndarray], received: dict[str, np.ndarray], rank: int
+) -> None:
+    """Put the received values back where ``rank`` does not reach (in place), so the update
+    the node sends is zero there rather than minus the global."""
+    for name, value in trained.items():
+        mask = rank_mask(name, value.shape, rank)
+        if mask is not None:
+            value[~mask] = received[name][~mask]
+
+
 def _train_in_full(base: nn.Module, name: str, adapter: str) -> None:
     """Make one module of the (already peft-wrapped) base a ``modules_to_save`` entry by hand.
 

@@ -1,0 +1,148 @@
+"""Heterogeneous ranks (``rank-tiers``, HetLoRA-style): a node trains only its first r LoRA
+components and replies with zeros beyond them; the server averages every component over the
+nodes that trained it (checked against a hand computation), and the configuration refuses
+what the masked mean cannot compose with."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from flora_app.client_app import train
+from flora_app.config import ConfigError, FloraConfig
+from flora_app.ml.lora import rank_mask
+from strategies import FedLoRA
+from strategies.choices import RANK_KEY
+from strategies.rank_tiers import RankTiers
+from strategies.wire import numpy_to_record, record_to_numpy
+from tests.helpers import make_context, make_message, make_reply, train_content
+
+A, B, NORM = "m.conv.lora_A.weight", "m.conv.lora_B.weight", "m.norm.weight"
+RANKS = {1: 2, 2: None, 3: 1}  # node -> rank asked (None: the full rank 4)
+WEIGHTS = {1: 10, 2: 30, 3: 20}
+
+
+class _Nodes:
+    def get_node_ids(self) -> list[int]:
+        return list(RANKS)
+
+
+def _global() -> OrderedDict:
+    rng = np.random.default_rng(0)
+    return OrderedDict(
+        {
+            A: rng.normal(size=(4, 3)).astype(np.float32),
+            B: rng.normal(size=(5, 4)).astype(np.float32),
+            NORM: rng.normal(size=5).astype(np.float32),
+        }
+    )
+
+
+def test_each_component_is_the_mean_over_the_nodes_that_trained_it() -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    strategy = FedLoRA(fraction_train=1.0, min_available_nodes=1, min_train_nodes=1)
+    strategy.strategy = RankTiers(strategy.strategy, rank_for_node=RANKS.get, rank_mask=rank_mask)
+    g = _global()
+    messages = strategy.configure_train(1, numpy_to_record(g), ConfigRecord({}), _Nodes())
+    asked = {m.metadata.dst_node_id: m.content["config"].get(RANK_KEY) for m in messages}
+    assert asked == RANKS  # each node is told its rank; the full-rank node is told nothing
+
+    rng = np.random.default_rng(1)
+    updates = {}
+    for node, rank in RANKS.items():  # what a client sends: zero beyond its rank
+        u = {k: rng.normal(size=v.shape) for k, v in g.items()}
+        if rank is not None:
+            u[A][rank:] = 0.0
+            u[B][:, rank:] = 0.0
+        updates[node] = u
+    replies = [
+        make_reply(
+            OrderedDict((k, (g[k] + updates[n][k]).astype(np.float32)) for k in g),
+            WEIGHTS[n],
+            n,
+            "fp32",
+        )
+        for n in RANKS
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    got = record_to_numpy(arrays)
+
+    def covers(node: int, component: int) -> bool:
+        return RANKS[node] is None or component < RANKS[node]
+
+    expected_a = g[A].astype(np.float64).copy()
+    expected_b = g[B].astype(np.float64).copy()
+    for j in range(4):  # by hand: component j over the nodes whose rank reaches it
+        nodes = [n for n in RANKS if covers(n, j)]
+        total = sum(WEIGHTS[n] for n in nodes)
+        expected_a[j] += sum(WEIGHTS[n] * updates[n][A][j] for n in nodes) / total
+        expected_b[:, j] += sum(WEIGHTS[n] * updates[n][B][:, j] for n in nodes) / total
+    expected_norm = g[NORM] + sum(WEIGHTS[n] * updates[n][NORM] for n in RANKS) / 60
+    np.testing.assert_allclose(got[A], expected_a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[B], expected_b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[NORM], expected_norm, rtol=1e-5, atol=1e-6)
+    # component 3 is only node 2's: a plain mean would have cut its update to 30/60
+    assert not np.allclose(got[A][3], g[A][3] + 0.5 * updates[2][A][3], atol=1e-3)
+
+
+def test_a_node_trains_only_its_first_components(tiny_run_config: dict) -> None:
+    content = train_content(tiny_run_config)
+    received = record_to_numpy(content["arrays"])
+    config = ConfigRecord({**content["config"], RANK_KEY: 2})
+    asked = RecordDict({"arrays": content["arrays"], "config": config})
+    reply = train(make_message(asked), make_context(tiny_run_config))
+    trained = record_to_numpy(reply.content["arrays"])
+    lora = [k for k in trained if rank_mask(k, trained[k].shape, 2) is not None]
+    assert lora
+    for name in lora:
+        outside = ~rank_mask(name, trained[name].shape, 2)
+        assert np.array_equal(trained[name][outside], received[name][outside])  # update 0
+    moved = [k for k in lora if not np.array_equal(trained[k], received[k])]
+    assert moved  # the first components did train
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"rank-tiers": "0.5:2,0.5:32"}, "expected whole numbers in 1..lora-r"),
+        ({"rank-tiers": "0.5:2.5,0.5:16"}, "expected whole numbers"),
+        ({"rank-tiers": "0.5:4,0.5:16", "strategy": "fedavg"}, "only LoRA strategies"),
+        ({"rank-tiers": "0.5:4,0.5:16", "aggregation": "median"}, "expected 'mean'"),
+        ({"rank-tiers": "0.5:4,0.5:16", "dp-noise-multiplier": 1.0}, "sensitivity"),
+        ({"rank-tiers": "0.5:4,0.4:16"}, "sum to"),
+    ],
+)
+def test_rank_tiers_are_checked_before_anything_starts(extra: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as info:
+        FloraConfig.from_run_config(extra)
+    assert "rank-tiers" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_run_with_rank_tiers_trains_every_round(tmp_path, tiny_run_config: dict) -> None:
+    import json
+
+    from flora_app.server_app import run
+    from tests.helpers import LocalGrid
+
+    config = {
+        **tiny_run_config,
+        "strategy": "flocora",
+        "quant-bits": 8,
+        "rank-tiers": "0.5:1,0.5:4",
+        "num-server-rounds": 2,
+        "fraction-train": 1.0,
+        "fraction-evaluate": 0.5,
+        "output-dir": str(tmp_path),
+        "run-name": "ranks",
+    }
+    cfg = FloraConfig.from_run_config(config)
+    run(LocalGrid(cfg.to_run_config(), 4), cfg)
+    lines = (tmp_path / "ranks" / "rounds.jsonl").read_text().splitlines()
+    rounds = [json.loads(line) for line in lines]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["replies"] == 4 and r["failed_replies"] == 0 for r in rounds)

@@ -92,6 +92,7 @@ def reply_target() -> Callable[[bytes], None]:
     from strategies.wire import HEADER_KEY, blob_to_record, make_header, numpy_to_record
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
     class _OneNode:  # the grid a round is configured on: one node, 7
         def get_node_ids(self) -> list[int]:
             return [7]

@@ -361,6 +361,46 @@ ATTACK_SWEEP: tuple[SweepConfig, ...] = (
 )
 
 
+# cpu-fmnist-dp (issue 15): central DP in the pretrained setting, where the clean rows are
+# stable; accuracy against ε for each strategy. Clipping at 5: a pretrained EfficientNet
+# client's update after a round measured 5-9 in L2 norm, so 5 clips some without crushing them.
+# 10 of 100 clients a round is far from the thousands DP-FL usually averages: the noise on the
+# mean is z * 5 / 10 per coordinate, so expect usable accuracy only at large ε.
+_DP_STRATEGIES = {
+    "fedlora": {"strategy": "fedlora"},
+    "flocora-q4": _flocora(4),
+    "flasc-d10": _flasc(0.1),
+}
+DP_SWEEP: tuple[SweepConfig, ...] = tuple(
+    SweepConfig(
+        f"effnet-pt-{name}-dp{noise:g}",
+        {**keys, **_EFFNET, "dp-noise-multiplier": noise, "dp-clipping-norm": 5.0},
+        seeds=1,
+    )
+    for noise in (0.03, 0.1, 0.3, 1.0)
+    for name, keys in _DP_STRATEGIES.items()
+)
+# cpu-fmnist-tiers (issue 15): heterogeneous devices against uniform compression at equal
+# expected bytes (half the nodes at each tier value), in the pretrained setting.
+TIERS_SWEEP: tuple[SweepConfig, ...] = (
+    SweepConfig("effnet-pt-flasc-d10", {**_flasc(0.1), **_EFFNET}, seeds=3),
+    SweepConfig(
+        "effnet-pt-flasc-tiers-d05-d15",
+        {**_flasc(0.1), **_EFFNET, "tiers": "0.5:0.05,0.5:0.15"},
+        seeds=3,
+    ),
+    SweepConfig("effnet-pt-flocora-q4", {**_flocora(4), **_EFFNET}, seeds=3),
+    SweepConfig(
+        "effnet-pt-flocora-tiers-q2-q6", {**_flocora(4), **_EFFNET, "tiers": "0.5:2,0.5:6"}, seeds=3
+    ),
+    SweepConfig("effnet-pt-fedlora", {"strategy": "fedlora", **_EFFNET}, seeds=3),
+    SweepConfig(
+        "effnet-pt-fedlora-ranks-8-16",
+        {"strategy": "fedlora", **_EFFNET, "rank-tiers": "0.5:8,0.5:16"},
+        seeds=3,
+    ),
+)
+
 PRESETS: dict[str, BenchPreset] = {
     "cpu-digits": BenchPreset(
         "cpu-digits",
@@ -389,6 +429,23 @@ PRESETS: dict[str, BenchPreset] = {
         summary="Fashion-MNIST, ResNet-8 w16 GroupNorm and pretrained EfficientNet-Lite0, "
         "100 clients, 10/round, Dirichlet 0.5",
         sweep=FMNIST_SWEEP,
+    ),
+    "cpu-fmnist-dp": BenchPreset(
+        "cpu-fmnist-dp",
+        _FMNIST,
+        supernodes=100,
+        target_accuracy=0.65,
+        summary="cpu-fmnist's pretrained EfficientNet-Lite0 under central DP (clipping 5)",
+        sweep=DP_SWEEP,
+    ),
+    "cpu-fmnist-tiers": BenchPreset(
+        "cpu-fmnist-tiers",
+        _FMNIST,
+        supernodes=100,
+        target_accuracy=0.65,
+        summary="cpu-fmnist's pretrained EfficientNet-Lite0: tiers of devices against uniform "
+        "compression at equal expected bytes",
+        sweep=TIERS_SWEEP,
     ),
     "cpu-fmnist-attacks": BenchPreset(
         "cpu-fmnist-attacks",

@@ -660,3 +660,12 @@ def test_the_attack_preset_is_valid_and_its_clean_rows_are_cpu_fmnists(tmp_path:
     # Every seed-0 run comes before any second seed: a partial sweep is the widest table.
     first = [j.seed for j in jobs].index(1)
     assert all(j.seed == 0 for j in jobs[:first]) and first == len(attacks.sweep)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_row_of_every_preset_would_start(tmp_path: Path, name: str) -> None:
+    from flora_tools.preflight import run_config_problem
+
+    preset = PRESETS[name]
+    for job in plan(preset, list(preset.sweep), 1, {}, tmp_path):
+        assert run_config_problem(job.keys) is None, job.config.name

@@ -1,0 +1,1 @@
+"""Flower's floor: a trivial torch app (see pyproject.toml)."""

@@ -108,7 +108,12 @@ def test_bench_sweep_writes_a_report_that_matches_its_run_folders(tmp_path: Path
     assert not _superlinks_using(out / ".flwr-home"), "a SuperLink of the sweep still runs"
 
     report = (out / "report.md").read_text()
-    for plot in ("accuracy_vs_mb.png", "accuracy_vs_round.png"):
+    for plot in (
+        "accuracy_vs_mb.png",
+        "accuracy_vs_round.png",
+        "accuracy_vs_time_lte.png",
+        "accuracy_vs_time_3g.png",
+    ):
         assert (out / plot).stat().st_size > 10_000
         assert f"]({plot})" in report
     assert "3 SuperNodes" in report and "cnn width 16" in report
@@ -149,14 +154,17 @@ def test_bench_sweep_writes_a_report_that_matches_its_run_folders(tmp_path: Path
         else:
             assert cells[10].endswith(" (1/1 reached)")
             assert _close(cells[10].split(" (")[0], reached)
-        assert _close(cells[11], rounds[1]["seconds"])  # round 1 (start-up) left out
+        # simulated minutes to target over lte and 3g: reached exactly when the MB column is
+        for link in (cells[11], cells[12]):
+            assert link.endswith("(1/1 reached)" if reached is not None else "(0/1)")
+        assert _close(cells[13], rounds[1]["seconds"])  # round 1 (start-up) left out
         codec = rounds[1]["server_codec_seconds"] + rounds[1]["client_codec_seconds"]
         assert rounds[1]["client_codec_seconds"] > 0
-        assert _close(cells[12], 100 * codec / rounds[1]["seconds"])
+        assert _close(cells[14], 100 * codec / rounds[1]["seconds"])
         probes = [json.loads(p.read_text()) for p in (out / "memory").glob("*.json")]
         mine = [p for p in probes if p["strategy"] == name.split("-")[0]]
         assert len(mine) == 1 and mine[0]["rss_delta_mb"] >= 0
-        assert _close(cells[13], mine[0]["rss_delta_mb"])
+        assert _close(cells[15], mine[0]["rss_delta_mb"])
 
     assert rows["flocora-q4"][2].startswith("r=4, alpha=8, up 4-bit, down fp32")
     assert _close(rows["flocora-q4"][9], totals["fedavg"] / totals["flocora-q4"])

@@ -7,7 +7,6 @@ file knows no strategy and no codec.
 
 from __future__ import annotations
 
-import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -26,8 +25,14 @@ from flora_app.ml.lora import (
     running_statistics,
 )
 from flora_app.ml.training import evaluate as evaluate_model
-from flora_app.ml.training import train as train_model
-from flora_app.task import ASK_KEY, ASK_PARTITION, load_client_data, model_spec, partition_of
+from flora_app.task import (
+    ASK_KEY,
+    ASK_PARTITION,
+    load_client_data,
+    local_train,
+    model_spec,
+    partition_of,
+)
 from flora_app.tiers import TIER_KEY
 from strategies.choices import RANK_KEY
 from strategies.mod import client_clipping_mod, compression_mod
@@ -67,7 +72,6 @@ def train(msg: Message, context: Context) -> Message:
     partition, _ = partition_of(context.node_config)
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
-    local = cfg.training
     robust = cfg.robustness
     if robust.attack == "label-flip" and is_attacker(partition, robust.byzantine_clients):
         train_split = Split(train_split.x, flipped_labels(train_split.y, dataset.num_classes))
@@ -75,18 +79,14 @@ def train(msg: Message, context: Context) -> Message:
     if rank is not None:
         received = exchanged_state(model, spec)
         keep_rank(model, int(rank))
-    loss = train_model(
+    loss = local_train(
         model,
+        cfg,
+        dataset,
         train_split,
-        epochs=int(config.get("local-epochs", local.local_epochs)),
-        batch_size=int(config.get("batch-size", local.batch_size)),
-        lr=float(config.get("lr", local.lr)),
-        momentum=float(config.get("momentum", local.momentum)),
-        augment=dataset.augment,
-        seed=int(
-            np.random.SeedSequence([cfg.run.seed, server_round, partition]).generate_state(1)[0]
-        ),
-        frozen_batchnorm=cfg.model.batchnorm_stats == "frozen",
+        server_round=server_round,
+        partition=partition,
+        overrides=config,
     )
     trained = exchanged_state(model, spec)
     if rank is not None:

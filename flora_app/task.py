@@ -1,4 +1,5 @@
-"""What both apps derive from the configuration: the data to load and the model to build."""
+"""What both apps derive from the configuration: the data to load, the model to build, and
+how a client trains it."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import torch
+
 from flora_app.config import FloraConfig
 from flora_app.ml.data import Dataset, DataSpec, Split, client_splits, load_dataset
 from flora_app.ml.lora import ModelSpec
+from flora_app.ml.training import train
 
 # The query a ClientApp answers with its node config's ``partition-id`` (the server asks it
 # once per node, ``flora_app.node_order``); here, beside ``partition_of``, so the ClientApp
@@ -97,3 +102,34 @@ def load_client_data(
         dataset, pid, num, d.partitioner, d.dirichlet_alpha, d.val_fraction, cfg.run.seed
     )
     return dataset, train, val
+
+
+def local_train(
+    model: torch.nn.Module,
+    cfg: FloraConfig,
+    dataset: Dataset,
+    split: Split,
+    *,
+    server_round: int,
+    partition: int,
+    overrides: Mapping[str, Any] | None = None,
+) -> float:
+    """One client's local training, as the run-config asks and the server's per-round
+    ``overrides`` (``local-epochs``, ``batch-size``, ``lr``, ``momentum``) change; its mean loss.
+
+    Its seed follows (run seed, round, partition), never the node id, so a partition trains
+    the same way in every run and in every tool that replays a client (``codec_bench``)."""
+    local = dict(overrides or {})
+    t = cfg.training
+    seed = np.random.SeedSequence([cfg.run.seed, server_round, partition]).generate_state(1)[0]
+    return train(
+        model,
+        split,
+        epochs=int(local.get("local-epochs", t.local_epochs)),
+        batch_size=int(local.get("batch-size", t.batch_size)),
+        lr=float(local.get("lr", t.lr)),
+        momentum=float(local.get("momentum", t.momentum)),
+        augment=dataset.augment,
+        seed=int(seed),
+        frozen_batchnorm=cfg.model.batchnorm_stats == "frozen",
+    )

@@ -91,8 +91,7 @@ def real_update(run_dir: Path, partition: int = 7) -> OrderedDict[str, np.ndarra
     from flora_app.checkpoint import load_checkpoint
     from flora_app.config import FloraConfig
     from flora_app.ml.lora import load_exchanged_state
-    from flora_app.ml.training import train
-    from flora_app.task import load_client_data, model_spec
+    from flora_app.task import load_client_data, local_train, model_spec
 
     checkpoint = load_checkpoint(run_dir)
     cfg = FloraConfig.from_run_config(checkpoint.run_config)
@@ -102,18 +101,7 @@ def real_update(run_dir: Path, partition: int = 7) -> OrderedDict[str, np.ndarra
     model = build_trainable(spec)
     load_exchanged_state(model, spec, checkpoint.global_arrays)
     before = exchanged_state(model, spec)
-    local = cfg.training
-    train(
-        model,
-        split,
-        epochs=local.local_epochs,
-        batch_size=local.batch_size,
-        lr=local.lr,
-        momentum=local.momentum,
-        augment=dataset.augment,
-        seed=cfg.run.seed,
-        frozen_batchnorm=cfg.model.batchnorm_stats == "frozen",
-    )
+    local_train(model, cfg, dataset, split, server_round=0, partition=partition)
     after = exchanged_state(model, spec)
     return OrderedDict((k, (after[k] - before[k]).astype(np.float32)) for k in after)
 

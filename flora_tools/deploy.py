@@ -34,7 +34,7 @@ from types import FrameType
 
 from flora_tools.deployment.deployment import Deployment, DeploymentError
 from flora_tools.deployment.flwr_cli import FlwrCliError
-from flora_tools.deployment.processes import wait_until
+from flora_tools.deployment.processes import wait_or_kill, wait_until
 from flora_tools.preflight import require_valid_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,13 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 def cleanup(args: argparse.Namespace, code: int) -> int:
     """Stop ``flwr run`` and every started process; a leftover process fails the deploy."""
     flwr: subprocess.Popen | None = args.flwr_run
-    if flwr is not None and flwr.poll() is None:
-        flwr.terminate()
-        try:
-            flwr.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            flwr.kill()
-            flwr.wait()
+    if flwr is not None:
+        wait_or_kill(flwr, 10.0, terminate_first=True)
     dep: Deployment | None = args.deployment
     if dep is None:
         return code

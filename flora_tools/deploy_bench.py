@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from flora_tools.deploy import DEFAULT_RUN_CONFIG
+from flora_tools.deployment import processes
 from flora_tools.deployment.deployment import Deployment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,12 +83,8 @@ def run_app(
             else f"output-dir='{workdir}' run-name='{name}-run'"
         )
         flwr = dep.submit([*run_config, extra], log=workdir / f"{name}-flwr.log")
-        try:
-            flwr.wait(timeout=timeout)
-        finally:
-            if flwr.poll() is None:
-                flwr.kill()
-                flwr.wait()
+        if processes.wait_or_kill(flwr, timeout) is None:
+            raise SystemExit(f"{name}: flwr run not done after {timeout:.0f} s; see {workdir}")
         status, details, _ = dep.final_status()
         if status != "finished:completed":
             raise SystemExit(f"{name} run did not complete ({details}); see {workdir}")

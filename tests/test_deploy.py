@@ -8,7 +8,6 @@ it. The last test covers the per-SuperNode ``data-path`` node-config key (no pro
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -53,12 +52,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 
 def _wait_for_run(flwr: subprocess.Popen, timeout: float) -> None:
-    try:
-        flwr.wait(timeout=timeout)
-    finally:
-        if flwr.poll() is None:
-            flwr.kill()
-            flwr.wait()
+    assert processes.wait_or_kill(flwr, timeout) is not None, f"flwr run not done in {timeout} s"
 
 
 @pytest.mark.e2e
@@ -126,8 +120,7 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
         dep.kill_supernode(victim)
         _wait_for_run(flwr, timeout=240)
     finally:
-        if flwr.poll() is None:
-            flwr.kill()
+        processes.wait_or_kill(flwr, 0.0)
     print(f"run finished {time.monotonic() - killed_at:.1f} s after the kill")
     status, details, _ = dep.final_status()
     assert status == "finished:completed", (details, (tmp_path / "flwr-run.log").read_text())
@@ -161,8 +154,7 @@ def test_a_supernode_that_joins_late_is_used_from_the_next_round(
         dep.wait_for_nodes(3)
         _wait_for_run(flwr, timeout=240)
     finally:
-        if flwr.poll() is None:
-            flwr.kill()
+        processes.wait_or_kill(flwr, 0.0)
     status, details, _ = dep.final_status()
     assert status == "finished:completed", details
     clients = [r["clients"] for r in _rounds(tmp_path / "out" / "late")]
@@ -209,11 +201,8 @@ def test_a_superlink_killed_mid_round_resumes_from_its_checkpoint(
         ), (tmp_path / "cut.log").read_text()[-3000:]
         dep.kill_superlink()
     finally:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            cut.wait(timeout=30)  # the CLI's stream may end with the SuperLink, or keep trying
-        if cut.poll() is None:
-            cut.kill()
-            cut.wait()
+        # The CLI's stream may end with the SuperLink, or keep trying.
+        processes.wait_or_kill(cut, 30.0)
     assert len(_rounds(cut_dir)) == 1  # round 2 never finished
 
     dep.restart_superlink()

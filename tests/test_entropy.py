@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from flora_app.config import FloraConfig
 from flora_app.server_app import run
-from strategies.codecs import CodecError, decode_blob, get_codec, with_entropy
+from strategies.codecs import CodecError, decode_blob, entries_of, get_codec, with_entropy
 from strategies.codecs.entropy import MAGIC, bound
 from tests.helpers import LocalGrid
 
@@ -112,6 +112,22 @@ def test_nothing_inflates_beyond_what_the_model_could_need() -> None:
     unsized = _frame(codec.inner.encode(tensors), write_content_size=False)
     with pytest.raises(CodecError, match="does not declare its decompressed size"):
         decode_blob(unsized, _shapes(tensors), accept=codec)
+
+
+@pytest.mark.parametrize("spec", [SPECS[2], SPECS[4]])
+def test_the_header_is_read_without_inflating_the_body(spec: str) -> None:
+    # The server's per-round payload statistics read only the header: a body damaged past
+    # the header (here its checksum) still yields the same entries as the plain message,
+    # while decoding it is refused.
+    tensors = OrderedDict(big=np.random.default_rng(3).normal(size=(512, 512)).astype("f4"))
+    plain, packed = get_codec(spec), get_codec(with_entropy(spec, "zstd"))
+    blob = packed.encode(tensors)
+    damaged = blob[:-4] + bytes(b ^ 0xFF for b in blob[-4:])  # the frame's checksum
+    assert entries_of(damaged) == entries_of(plain.encode(tensors))
+    with pytest.raises(CodecError):
+        decode_blob(damaged, _shapes(tensors), accept=packed)
+    with pytest.raises(CodecError, match="corrupt zstd frame"):
+        entries_of(MAGIC + bytes(16))
 
 
 def _rounds(run_dir: Path) -> list[dict]:

@@ -181,3 +181,21 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def wait_or_kill(
+    popen: subprocess.Popen, timeout: float, *, terminate_first: bool = False
+) -> int | None:
+    """Give a process ``timeout`` seconds to exit (after a SIGTERM with ``terminate_first``),
+    then SIGKILL and reap it; its exit code, or None when it had to be killed.
+
+    Every caller of ``flwr run`` needs exactly this, and a forgotten ``wait()`` after ``kill()``
+    leaves a zombie that the leftover check then reports."""
+    if terminate_first and popen.poll() is None:
+        popen.terminate()
+    try:
+        return popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait()
+        return None

@@ -635,8 +635,19 @@ def read_header(blob: bytes) -> tuple[list[Entry], int]:
 
 
 def entries_of(blob: bytes) -> list[Entry]:
-    """The header entries of a message, with or without the entropy stage."""
-    return read_header(_inflated(bytes(blob), None, None)[0])[0]
+    """The header entries of a message, with or without the entropy stage; a compressed
+    message is inflated only as far as its header (the body can be megabytes)."""
+    blob = bytes(blob)
+    if blob[: len(entropy.MAGIC)] != entropy.MAGIC:
+        return read_header(blob)[0]
+    try:
+        start = entropy.head(blob, 8)
+        if len(start) == 8 and start[:4] == MAGIC:
+            (header_len,) = struct.unpack("<I", start[4:8])
+            start = entropy.head(blob, 8 + min(header_len, 2 * MAX_HEADER_BYTES))
+    except entropy.EntropyError as exc:
+        raise CodecError(str(exc)) from None
+    return read_header(start)[0]
 
 
 def decode_blob(

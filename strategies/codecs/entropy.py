@@ -68,3 +68,19 @@ def decompress(blob: bytes, limit: int) -> bytes:
     if not inflater.eof or inflater.unused_data or len(container) != size:
         raise EntropyError("zstd frame is truncated, followed by data, or not its declared size")
     return container
+
+
+def head(blob: bytes, size: int) -> bytes:
+    """The first ``size`` bytes of the container inside ``blob`` (fewer if it is shorter),
+    inflating no more of the frame than they need: enough to read a message's header without
+    paying for its body. Unchecked (the checksum covers the whole frame); only ``decompress``
+    vouches for a message."""
+    import zstandard
+
+    if blob[: len(MAGIC)] != MAGIC:
+        raise EntropyError("payload is not a zstd-compressed flora container (bad magic)")
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(blob[len(MAGIC) :]) as reader:
+            return reader.read(size)
+    except zstandard.ZstdError as exc:
+        raise EntropyError(f"corrupt zstd frame: {exc}") from None

@@ -99,7 +99,7 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
     random.seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
     dataset = load_dataset(data_spec(cfg))
-    spec = model_spec(cfg, dataset)
+    spec = model_spec(cfg, dataset.info)
     model = build_trainable(spec)
     fingerprint = base_fingerprint_of(spec)
     initial = exchanged_state(model, spec)

@@ -11,9 +11,17 @@ import numpy as np
 import torch
 
 from flora_app.config import FloraConfig
-from flora_app.ml.data import Dataset, DataSpec, Split, client_splits, load_dataset
+from flora_app.ml.data import (
+    DataInfo,
+    DataSpec,
+    Split,
+    client_splits,
+    load_dataset,
+    source_stamp,
+)
 from flora_app.ml.lora import ModelSpec
 from flora_app.ml.training import train
+from flora_app.node_cache import cached_client_data
 
 # The query a ClientApp answers with its node config's ``partition-id`` (the server asks it
 # once per node, ``flora_app.node_order``); here, beside ``partition_of``, so the ClientApp
@@ -37,7 +45,7 @@ def data_spec(cfg: FloraConfig) -> DataSpec:
     )
 
 
-def model_spec(cfg: FloraConfig, dataset: Dataset) -> ModelSpec:
+def model_spec(cfg: FloraConfig, dataset: DataInfo) -> ModelSpec:
     return ModelSpec(
         model=cfg.model.model,
         in_channels=dataset.in_channels,
@@ -93,21 +101,37 @@ def node_data_spec(cfg: FloraConfig, node_config: Mapping[str, Any]) -> DataSpec
 
 def load_client_data(
     cfg: FloraConfig, node_config: Mapping[str, Any]
-) -> tuple[Dataset, Split, Split]:
-    """The dataset plus this node's train and validation splits (cached per process)."""
+) -> tuple[DataInfo, Split, Split]:
+    """What this node's dataset is like, and its train and validation splits: from the node's
+    disk cache when it has them (``flora_app.node_cache``: a deployment starts a process per
+    message), else loaded (once per process) and partitioned."""
     pid, num = partition_of(node_config)
-    dataset = load_dataset(node_data_spec(cfg, node_config))
+    spec = node_data_spec(cfg, node_config)
     d = cfg.data
-    train, val = client_splits(
-        dataset, pid, num, d.partitioner, d.dirichlet_alpha, d.val_fraction, cfg.run.seed
-    )
-    return dataset, train, val
+
+    def build() -> tuple[DataInfo, Split, Split]:
+        dataset = load_dataset(spec)
+        train, val = client_splits(
+            dataset, pid, num, d.partitioner, d.dirichlet_alpha, d.val_fraction, cfg.run.seed
+        )
+        return dataset.info, train, val
+
+    key = {
+        "data": dataclasses.asdict(spec),
+        "files": source_stamp(spec),
+        "partition": [pid, num],
+        "partitioner": d.partitioner,
+        "dirichlet-alpha": d.dirichlet_alpha,
+        "val-fraction": d.val_fraction,
+        "seed": cfg.run.seed,
+    }
+    return cached_client_data(key, build)
 
 
 def local_train(
     model: torch.nn.Module,
     cfg: FloraConfig,
-    dataset: Dataset,
+    dataset: DataInfo,
     split: Split,
     *,
     server_round: int,

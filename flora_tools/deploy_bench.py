@@ -12,8 +12,8 @@ count, TLS, the same rounds and evaluate fraction):
 and prints each one's seconds per round (rounds 2 onwards: round 1 also pays the first
 processes' start) and flora's ratio to the floor. ``--breakdown`` also times, in fresh
 processes, what one flora training message pays before it trains: Python and torch, Flower's
-ClientApp machinery, flora's ClientApp module (peft, torchvision), the node's data partition
-and the frozen base with its adapters.
+ClientApp machinery, flora's ClientApp module, the node's data partition (with the node cache
+off and warm) and the frozen base with its peft adapters.
 """
 
 from __future__ import annotations
@@ -33,27 +33,35 @@ from flora_tools.deployment.deployment import Deployment
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR_APP = Path(__file__).resolve().parent / "floor_app"
 
-# What one flora training message pays before training, each step in a fresh interpreter
-# after the ones above it (seconds = this step's time minus the previous step's).
-BREAKDOWN = {
-    "python + torch": "import torch",
-    "+ Flower's ClientApp machinery": "import torch, flwr.clientapp",
-    "+ flora's ClientApp module": "import flora_app.client_app",
-    "+ the node's data partition": (
-        "import flora_app.client_app\n"
-        "from flora_app.config import FloraConfig\n"
-        "from flora_app.task import load_client_data\n"
-        "cfg = FloraConfig.from_run_config({RUN})\n"
-        "load_client_data(cfg, {{'partition-id': 0, 'num-partitions': 3}})"
+# What one flora training message pays before training, each step in a fresh interpreter:
+# name -> (code, the step it adds to). The partition is timed twice, with the node cache off
+# (every message read and partitioned the dataset before flora_app.node_cache) and warm.
+_PARTITION = (
+    "import flora_app.client_app\n"
+    "from flora_app.config import FloraConfig\n"
+    "from flora_app.task import load_client_data, model_spec\n"
+    "cfg = FloraConfig.from_run_config({RUN})\n"
+    "info, _, _ = load_client_data(cfg, {{'partition-id': 0, 'num-partitions': 3}})\n"
+)
+BREAKDOWN: dict[str, tuple[str, str | None]] = {
+    "python + torch": ("import torch", None),
+    "+ Flower's ClientApp machinery": ("import torch, flwr.clientapp", "python + torch"),
+    "+ flora's ClientApp module": (
+        "import flora_app.client_app",
+        "+ Flower's ClientApp machinery",
     ),
-    "+ the frozen base and its adapters": (
-        "import flora_app.client_app\n"
-        "from flora_app.config import FloraConfig\n"
-        "from flora_app.ml.lora import build_trainable\n"
-        "from flora_app.task import load_client_data, model_spec\n"
-        "cfg = FloraConfig.from_run_config({RUN})\n"
-        "dataset, _, _ = load_client_data(cfg, {{'partition-id': 0, 'num-partitions': 3}})\n"
-        "build_trainable(model_spec(cfg, dataset))"
+    "+ the node's data partition, node cache off": (
+        "import os\nos.environ['FLORA_NODE_CACHE'] = 'off'\n" + _PARTITION,
+        "+ flora's ClientApp module",
+    ),
+    "+ the node's data partition, from the node cache": (
+        _PARTITION,
+        "+ flora's ClientApp module",
+    ),
+    "+ the frozen base and its peft adapters": (
+        _PARTITION + "from flora_app.ml.lora import build_trainable\n"
+        "build_trainable(model_spec(cfg, info))",
+        "+ the node's data partition, from the node cache",
     ),
 }
 
@@ -101,18 +109,24 @@ def _steady(seconds: list[float]) -> float:
     return sum(rest) / len(rest)
 
 
-def breakdown(run_config: dict) -> list[tuple[str, float]]:
-    """Each step's own seconds (fresh interpreter; best of 3)."""
-    rows, previous = [], 0.0
-    for step, code in BREAKDOWN.items():
-        script = code.format(RUN=repr(run_config))
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
-            best = min(best, time.perf_counter() - started)
-        rows.append((step, best - previous))
-        previous = best
+def breakdown(run_config: dict) -> list[tuple[str, float, float]]:
+    """Each step's (seconds on top of the step it adds to, seconds in all); best of 3 fresh
+    interpreters each, with a node cache of its own (filled by the first warm step)."""
+    import tempfile
+
+    totals: dict[str, float] = {}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="flora-node-cache-") as cache:
+        env = {**os.environ, "FLORA_NODE_CACHE": cache}
+        for step, (code, after) in BREAKDOWN.items():
+            script = code.format(RUN=repr(run_config))
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, env=env)
+                best = min(best, time.perf_counter() - started)
+            totals[step] = best
+            rows.append((step, best - (totals[after] if after else 0.0), best))
     return rows
 
 
@@ -147,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         config = app_defaults()
         for text in flora_config:
             config.update(parse_run_config(text))
-        print("\n| what one flora training message pays before training | s |")
-        print("| --- | --- |")
-        for step, seconds in breakdown(config):
-            print(f"| {step} | {seconds:.2f} |")
+        print("\n| what one flora training message pays before training | s | s in all |")
+        print("| --- | --- | --- |")
+        for step, seconds, total in breakdown(config):
+            print(f"| {step} | {seconds:.2f} | {total:.2f} |")
     return 0
 
 

@@ -52,3 +52,20 @@ def _task_identity() -> None:
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_node_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test, and every process a test starts, shares one fresh node cache
+    (``flora_app.node_cache``), never the user's."""
+    import os
+
+    from flora_app.node_cache import ENV_FOLDER
+
+    before = os.environ.get(ENV_FOLDER)
+    os.environ[ENV_FOLDER] = str(tmp_path_factory.mktemp("node-cache"))
+    yield
+    if before is None:
+        del os.environ[ENV_FOLDER]
+    else:
+        os.environ[ENV_FOLDER] = before

@@ -334,9 +334,16 @@ def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path, cache_home, gzipped)
     assert ds.augment == Augment(pad=2, flip=True)
 
 
+def test_fashion_mnist_cannot_load_without_torchvision(tmp_path, cache_home, monkeypatch) -> None:
+    """torchvision reads and normalises the files (imported where used, not optional)."""
+    _write_fashion_folder(tmp_path / "fm")
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if it were not installed
+    with pytest.raises(ImportError, match="torchvision"):
+        load_fashion_mnist_dataset(str(tmp_path / "fm"))
+
+
 def test_fashion_mnist_is_read_by_torchvision_from_a_reused_cache(tmp_path, cache_home) -> None:
     """Gzipped files are decompressed once into torchvision's ``FashionMNIST/raw`` layout."""
-    assert data_module.torchvision is sys.modules["torchvision"]  # imported, not optional
     arrays = _write_fashion_folder(tmp_path / "fm")
     first = load_fashion_mnist_dataset(str(tmp_path / "fm"))
     roots = list((cache_home / "flora" / "fashion-mnist").iterdir())

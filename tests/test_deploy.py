@@ -249,8 +249,8 @@ def test_a_supernode_reads_its_own_data_path(tmp_path: Path) -> None:
     node = {"partition-id": 0, "num-partitions": 1, "data-path": str(tmp_path)}
     assert node_data_spec(cfg, node).source == str(tmp_path)
     assert node_data_spec(cfg, {"partition-id": 0, "num-partitions": 1}).source == ""
-    dataset, train, val = load_client_data(cfg, node)
-    assert dataset.train.x.shape == (30, 3, 32, 32)
+    info, train, val = load_client_data(cfg, node)
+    assert info.in_channels == 3 and train.x.shape[1:] == (3, 32, 32)
     assert len(train.y) + len(val.y) == 30  # the whole local copy is this node's share
     with pytest.raises(NodeConfigError, match="only for dataset 'cifar10'"):
         node_data_spec(FloraConfig.from_run_config({}), node)

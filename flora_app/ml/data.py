@@ -3,8 +3,10 @@
 Images live as one float tensor (N, C, H, W) per split; partitioning is flwr-datasets'
 (``IidPartitioner`` / ``DirichletPartitioner``) run over an in-memory table of labels and row
 indices, so the same partitioner code serves every dataset. Files are read and images normalised
-by torchvision (its dataset readers, ``transforms.v2``), which already handles the formats.
-Everything is cached per process: a Ray actor or SuperNode loads its dataset once per run.
+by torchvision (its dataset readers, ``transforms.v2``), which already handles the formats; it is
+imported where it is used, since a SuperNode that finds its partition in its node cache
+(``flora_app.node_cache``) needs none of it. Everything is cached per process: a Ray actor
+loads its dataset once per run.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
-from torchvision.transforms import v2
 
 from flora_app.ml.names import DATASETS, PARTITIONERS
 
@@ -78,6 +78,15 @@ class Split:
         return Split(self.x[index], self.y[index])
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model and a client's training need to know of a dataset, without its images."""
+
+    in_channels: int
+    num_classes: int
+    augment: Augment
+
+
 @dataclass
 class Dataset:
     """A train pool (to be partitioned), a centralised test split and how to augment."""
@@ -93,6 +102,10 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return NUM_CLASSES
+
+    @property
+    def info(self) -> DataInfo:
+        return DataInfo(self.in_channels, self.num_classes, self.augment)
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,8 @@ def _normalised(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     uint8 pixels are scaled to [0, 1] first (``ToDtype``); float input is only normalised, with
     the same float32 arithmetic as ``(x - mean) / std``, so digits and synthetic are unchanged.
     """
+    from torchvision.transforms import v2
+
     if x.dtype == torch.uint8:
         # ToDtype makes a fresh float tensor, so normalising it in place saves a full copy.
         steps = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std, inplace=True)]
@@ -235,6 +250,8 @@ def _cifar10_root(source: str) -> Path | None:
 
 def _torchvision_cifar10(root: Path) -> _RawSplits:
     """CIFAR-10's python pickles read by torchvision, which also checks every file's MD5."""
+    import torchvision
+
     raw: list[torch.Tensor] = []
     for train in (True, False):
         try:
@@ -385,6 +402,8 @@ def _fashion_mnist_raw(source: str) -> _RawSplits:
         return _hub_splits(str(folder), "image", "L")
     if missing:
         raise fashion_mnist_unavailable(folder, missing)
+    import torchvision
+
     root = _fashion_mnist_cache(folder)
     train = torchvision.datasets.FashionMNIST(root, train=True, download=False)
     test = torchvision.datasets.FashionMNIST(root, train=False, download=False)
@@ -410,6 +429,30 @@ def load_fashion_mnist_dataset(source: str = "") -> Dataset:
         # 28x28 frame, so shifts stay small: 2 pixels of padding, half the images flipped.
         Augment(pad=2, flip=True),
     )
+
+
+def source_stamp(spec: DataSpec) -> str:
+    """What identifies the bytes ``load_dataset(spec)`` would read, without reading them: the
+    files' names, sizes and modification times (a local folder), the Hub id (online), the
+    scikit-learn release that embeds digits; and this module's own source, so a change to how
+    images are read or normalised is never served from a cache made before it."""
+    from importlib import metadata
+
+    parts = [hashlib.sha256(Path(__file__).read_bytes()).hexdigest()]
+    if spec.dataset == "digits":
+        parts.append(f"scikit-learn=={metadata.version('scikit-learn')}")
+    elif spec.dataset in ("fashion-mnist", "cifar10"):
+        default = FASHION_MNIST_DIR if spec.dataset == "fashion-mnist" else CIFAR10_HUB_ID
+        source = spec.source or str(default)
+        folder = Path(source).expanduser()
+        if folder.exists():
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    stat = path.stat()
+                    parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+        else:
+            parts.append(f"hub:{source}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=2)

@@ -346,6 +346,12 @@ class CompressionSection(Section):
         "lossless stage after the codec, both directions: zstd compresses each whole message",
         choices=ENTROPY_CODERS,
     )
+    downlink_delta: bool = key(
+        False,
+        "send each training node the coded change from the copy of the global adapters it "
+        "holds, not a coded copy: less error at the same bits (the server mirrors each node's "
+        "copy)",
+    )
     tiers: str = key(
         "",
         "heterogeneous devices, 'share:value,...': shares of the nodes (summing to 1), each "

@@ -45,6 +45,7 @@ def _replies(cfg: FloraConfig) -> dict[str, Any]:
         "dp_clipping": cfg.privacy.dp_clipping,
         "dp_delta": cfg.privacy.dp_delta,
         "entropy_coder": cfg.compression.entropy_coder,
+        "downlink_delta": cfg.compression.downlink_delta,
     }
 
 

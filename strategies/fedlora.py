@@ -59,6 +59,8 @@ class FedLoRA(CompressionStrategy):
     entropy_coder : str (default: "none")
         The lossless stage after the codec, both directions: ``none`` or ``zstd``
         (``CompressionStrategy``).
+    downlink_delta : bool (default: False)
+        Send each training node the change from the copy it holds (``CompressionStrategy``).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class FedLoRA(CompressionStrategy):
         dp_clipping: str = "server",
         dp_delta: float = 1e-5,
         entropy_coder: str = "none",
+        downlink_delta: bool = False,
     ) -> None:
         privacy, max_update_norm, update_norm_action = private_round_settings(
             dp_noise_multiplier,
@@ -116,4 +119,5 @@ class FedLoRA(CompressionStrategy):
             max_update_norm=max_update_norm,
             update_norm_action=update_norm_action,
             entropy_coder=entropy_coder,
+            downlink_delta=downlink_delta,
         )

@@ -61,7 +61,7 @@ class FLASC(CompressionStrategy):
         mean).
     trim_fraction, malicious_nodes, multi_krum_select, over_selection, seed, max_num_examples,
     max_update_norm, update_norm_action, dp_noise_multiplier, dp_clipping_norm, dp_clipping,
-    dp_delta, entropy_coder
+    dp_delta, entropy_coder, downlink_delta
         As in ``FedLoRA``.
     strategy : Strategy | None (default: None)
         A Flower strategy to use instead of the server optimizer built from the arguments above.
@@ -103,6 +103,7 @@ class FLASC(CompressionStrategy):
         dp_clipping: str = "server",
         dp_delta: float = 1e-5,
         entropy_coder: str = "none",
+        downlink_delta: bool = False,
     ) -> None:
         privacy, max_update_norm, update_norm_action = private_round_settings(
             dp_noise_multiplier,
@@ -166,4 +167,5 @@ class FLASC(CompressionStrategy):
             max_update_norm=max_update_norm,
             update_norm_action=update_norm_action,
             entropy_coder=entropy_coder,
+            downlink_delta=downlink_delta,
         )

@@ -48,7 +48,7 @@ class FLoCoRA(CompressionStrategy):
         Clients carry their quantization residual into their next reply (not in the paper).
     aggregation, trim_fraction, malicious_nodes, multi_krum_select, strategy, over_selection,
     seed, max_num_examples, max_update_norm, update_norm_action, dp_noise_multiplier,
-    dp_clipping_norm, dp_clipping, dp_delta, entropy_coder
+    dp_clipping_norm, dp_clipping, dp_delta, entropy_coder, downlink_delta
         As in ``FedLoRA``: what combines the dequantized replies, and which replies count.
     """
 
@@ -83,6 +83,7 @@ class FLoCoRA(CompressionStrategy):
         dp_clipping: str = "server",
         dp_delta: float = 1e-5,
         entropy_coder: str = "none",
+        downlink_delta: bool = False,
     ) -> None:
         privacy, max_update_norm, update_norm_action = private_round_settings(
             dp_noise_multiplier,
@@ -126,4 +127,5 @@ class FLoCoRA(CompressionStrategy):
             max_update_norm=max_update_norm,
             update_norm_action=update_norm_action,
             entropy_coder=entropy_coder,
+            downlink_delta=downlink_delta,
         )

@@ -3,7 +3,9 @@
 It decodes whatever arrives into plain fp32 ``ArrayRecord``s, calls the handler, and encodes
 the reply the way the message's header asks: the trained tensors or the update (trained minus
 received), optionally adding last round's quantization residual first (error feedback, kept in
-``context.state`` so it works the same in simulation and deployment). Handlers therefore stay as
+``context.state`` so it works the same in simulation and deployment). With a downlink delta it
+adds the received change to the node's own copy of the global adapters (also in
+``context.state``) first. Handlers therefore stay as
 plain as Flower's quickstart and never see a codec. Messages without a header pass through.
 ``client_clipping_mod`` is central DP's client side (``strategies.privacy``).
 """
@@ -21,6 +23,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from strategies.codecs import CodecError, decode_blob, get_codec
 from strategies.wire import (
+    DELTA_BASE,
     ERROR_FEEDBACK,
     HEADER_KEY,
     REPLY,
@@ -32,9 +35,11 @@ from strategies.wire import (
     numpy_to_record,
     read_header,
     record_to_numpy,
+    state_digest,
 )
 
 RESIDUAL_KEY = "flora.residual"
+HELD_KEY = "flora.held"  # this node's copy of the global adapters, for a downlink delta
 
 
 def _single_arrays(content: RecordDict, what: str) -> tuple[str, ArrayRecord]:
@@ -55,6 +60,28 @@ def _residual(context: Context, like: OrderedDict[str, np.ndarray]) -> OrderedDi
     return residual
 
 
+def _rebuilt(content: RecordDict, base: str, context: Context) -> None:
+    """Add the received change to this node's copy (zeros when ``base`` is empty), in place
+    of the change, and keep the result as the node's copy. The server named the copy it
+    changed by digest; any other copy would silently train a wrong model, so it is refused."""
+    key, record = _single_arrays(content, "the train message")
+    change = record_to_numpy(record)
+    held = context.state.get(HELD_KEY)
+    if base:
+        copy = record_to_numpy(held) if isinstance(held, ArrayRecord) else None
+        if copy is None or list(copy) != list(change) or state_digest(copy) != base:
+            raise CodecError(
+                f"this node does not hold the copy (digest {base[:12]}) the server's downlink "
+                "change applies to (restarted, or a message was lost); the server sends a full "
+                "copy next time"
+            )
+    else:
+        copy = OrderedDict((k, np.zeros_like(v)) for k, v in change.items())
+    rebuilt = OrderedDict((k, copy[k] + change[k]) for k in change)
+    content[key] = numpy_to_record(rebuilt)
+    context.state[HELD_KEY] = numpy_to_record(rebuilt)
+
+
 def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Decode the payload, run the handler, encode its reply as the header asks.
 
@@ -66,6 +93,9 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
         return call_next(msg, context)
     entered = started = time.perf_counter()
     msg.content = decode_content(msg.content)
+    base = header.get(DELTA_BASE)
+    if isinstance(base, str):
+        _rebuilt(msg.content, base, context)
     codec_seconds = time.perf_counter() - started
     reply = call_next(msg, context)
     reply_codec = header.get(REPLY_CODEC)

@@ -7,11 +7,14 @@ Flower's framing cost is. Next to it, a small ``ConfigRecord`` under ``HEADER_KE
 - ``codec``: how this message's arrays are encoded;
 - on the way down, ``reply-codec``: how the client must encode its reply,
   ``reply``: ``weights`` (the trained tensors) or ``update`` (trained minus received),
-  ``error-feedback``: whether to carry the quantization residual over to the next round.
+  ``error-feedback``: whether to carry the quantization residual over to the next round,
+  ``delta-base``: with a downlink delta, the digest of the copy the payload is a change of
+  (``""``: of zeros, a full copy); see ``CompressionStrategy``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -25,6 +28,7 @@ CODEC = "codec"
 REPLY_CODEC = "reply-codec"
 REPLY = "reply"
 ERROR_FEEDBACK = "error-feedback"
+DELTA_BASE = "delta-base"
 PAYLOAD_KEY = "payload"
 PAYLOAD_STYPE = "flora.container"
 REPLY_MODES = ("weights", "update")
@@ -37,6 +41,17 @@ def record_to_numpy(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
 
 def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in arrays.items()})
+
+
+def state_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """A digest of tensors' names, shapes and float32 bytes: how a server and a client check
+    that they hold bit for bit the same copy before one sends the other a change of it."""
+    h = hashlib.sha256()
+    for name, value in arrays.items():
+        v = np.ascontiguousarray(value, dtype=np.float32)
+        h.update(f"{name}:{v.shape};".encode())
+        h.update(v)
+    return h.hexdigest()[:32]
 
 
 def blob_to_record(blob: bytes) -> ArrayRecord:

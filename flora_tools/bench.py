@@ -268,12 +268,27 @@ FMNIST_SWEEP: tuple[SweepConfig, ...] = (
         {**_flasc(0.1), **_EFFNET, "sparse-value-bits": 8, "entropy-coder": "zstd"},
         seeds=3,
     ),
+    # The broadcast, FLoCoRA's biggest message once the uplink is 4-bit: coded directly, or
+    # as the change from each node's own copy (downlink-delta) at the same and at half the bits.
+    SweepConfig("effnet-pt-flocora-q4-down4", {**_flocora(4, down=4), **_EFFNET}, seeds=1),
+    SweepConfig(
+        "effnet-pt-flocora-q4-down4-delta",
+        {**_flocora(4, down=4), **_EFFNET, "downlink-delta": True},
+        seeds=1,
+    ),
+    SweepConfig(
+        "effnet-pt-flocora-q4-down2-delta",
+        {**_flocora(4, down=2), **_EFFNET, "downlink-delta": True},
+        seeds=3,
+    ),
     SweepConfig(
         "effnet-pt-frontier",
-        # 4 bits both ways, 1-D tensors too, A frozen (never sent), then zstd
+        # 4 bits up, the change from each node's copy at 2 bits down, 1-D tensors quantized
+        # too, A frozen (never sent), then zstd
         {
-            **_flocora(4, down=4),
+            **_flocora(4, down=2),
             **_EFFNET,
+            "downlink-delta": True,
             "quant-vectors": "quant",
             "lora-freeze-a": True,
             "entropy-coder": "zstd",

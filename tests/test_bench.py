@@ -392,10 +392,11 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
         "effnet-pt-flocora-q4-vec",
         "effnet-pt-ffa-flocora-q4",
         "effnet-pt-flasc-d10-v8-zstd",
+        "effnet-pt-flocora-q4-down2-delta",
         "effnet-pt-frontier",
     }
     names = [c.name for c in preset.sweep]
-    assert headline < set(names) and len(names) == 21
+    assert headline < set(names) and len(names) == 24
 
     def counts(floor: int) -> dict[str, int]:
         jobs = plan(preset, list(preset.sweep), floor, {}, tmp_path)
@@ -433,8 +434,9 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
     for job in jobs:
         assert parse_run_config(format_run_config(job.keys)) == job.keys
         assert run_config_problem(job.keys) is None, job.config.name  # every row would start
-    assert keys["effnet-pt-frontier"]["quant-bits-down"] == 4
-    assert keys["effnet-pt-frontier"]["lora-freeze-a"] is True
+    frontier = keys["effnet-pt-frontier"]
+    assert frontier["quant-bits-down"] == 2 and frontier["downlink-delta"] is True
+    assert frontier["lora-freeze-a"] is True and frontier["entropy-coder"] == "zstd"
     # The other presets keep the global sweep.
     assert PRESETS["cpu-digits"].sweep is SWEEP and PRESETS["cifar10-paper"].sweep is SWEEP
     assert len(plan(PRESETS["cpu-digits"], list(SWEEP), 1, {}, tmp_path)) == len(SWEEP)

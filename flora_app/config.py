@@ -31,6 +31,7 @@ from flora_app.ml.names import (
 from flora_app.tiers import TiersError, parse_tiers
 from strategies.choices import CLIPPING_SIDES, UPDATE_NORM_ACTIONS
 from strategies.codecs.names import (
+    AFFINE_BITS,
     ENTROPY_CODERS,
     GRANULARITIES,
     METAS,
@@ -324,6 +325,12 @@ class CompressionSection(Section):
         choices=VECTOR_MODES,
     )
     quant_update: bool = key(True, "flocora clients quantize their update, not their weights")
+    uplink_budget_bytes: int = key(
+        0,
+        "flocora adaptive precision: bytes per uplink message; each tensor gets its own width "
+        "up to quant-bits, for the least squared error that fits (0: quant-bits for all)",
+        within=at_least(0),
+    )
     error_feedback: bool = key(False, "clients carry their compression residual to next round")
     density_up: float = key(
         0.1, "flasc: share of the update's entries a client sends", within=FRACTION
@@ -542,6 +549,15 @@ class FloraConfig:
                     f"{expected}"
                 )
         self._check_rank_tiers()
+        c = self.compression
+        if c.uplink_budget_bytes > 0 and (
+            self.run.strategy != "flocora" or c.quant_bits not in AFFINE_BITS or c.tiers
+        ):
+            raise ConfigError(
+                f"run-config 'uplink-budget-bytes' = {c.uplink_budget_bytes}: expected "
+                "strategy='flocora' with an affine quant-bits (1..8, the widest width) and no "
+                "tiers, or 0"
+            )
         tiers = parse_tiers(self.compression.tiers)
         if not tiers:
             return

@@ -64,6 +64,7 @@ def _flocora(cfg: FloraConfig, tiers: NodeValue = None) -> FLoCoRA:
         quant_bits=c.quant_bits,
         quant_bits_for_node=None if tiers is None else _as_int(tiers),
         quant_bits_down=c.quant_bits_down,
+        uplink_budget_bytes=c.uplink_budget_bytes,
         quant_granularity=c.quant_granularity,
         quant_meta=c.quant_meta,
         quant_vectors=c.quant_vectors,

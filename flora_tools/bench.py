@@ -268,6 +268,13 @@ FMNIST_SWEEP: tuple[SweepConfig, ...] = (
         {**_flasc(0.1), **_EFFNET, "sparse-value-bits": 8, "entropy-coder": "zstd"},
         seeds=3,
     ),
+    # Adaptive precision at the 4-bit row's bytes: the 408,633 B of a 4-bit effnet update
+    # (docs/results.md, entropy stage), each tensor's width in 1..8 chosen to fit them.
+    SweepConfig(
+        "effnet-pt-flocora-adaptive-q4-bytes",
+        {**_flocora(8), **_EFFNET, "uplink-budget-bytes": 408_633},
+        seeds=3,
+    ),
     # The broadcast, FLoCoRA's biggest message once the uplink is 4-bit: coded directly, or
     # as the change from each node's own copy (downlink-delta) at the same and at half the bits.
     SweepConfig("effnet-pt-flocora-q4-down4", {**_flocora(4, down=4), **_EFFNET}, seeds=1),

@@ -60,6 +60,7 @@ def _codecs() -> list[str]:
         codec_spec(3, "tensor", "fp32"),
         sparse_spec(0.3, "global", 32),
         sparse_spec(0.3, "tensor", 8),
+        codec_spec(8, budget=400),  # widths per tensor under a byte budget
         with_entropy(codec_spec(4), "zstd"),
         with_entropy(sparse_spec(0.3, "global", 32), "zstd"),
     ]

@@ -33,6 +33,10 @@ class FLoCoRA(CompressionStrategy):
     quant_bits_for_node : Callable[[int], int | None] | None (default: None)
         Heterogeneous devices: node id -> the uplink width that node is asked for (None:
         ``quant_bits``).
+    uplink_budget_bytes : int (default: 0)
+        Adaptive precision: the bytes an uplink message may take; each tensor then gets its
+        own width in 1..``quant_bits``, for the least squared error that fits
+        (``strategies.codecs.allocate``). 0: ``quant_bits`` for every tensor.
     quant_granularity : str (default: "channel")
         One scale and offset per output channel (``channel``, the paper's) or per tensor.
     quant_meta : str (default: "fp16")
@@ -63,6 +67,7 @@ class FLoCoRA(CompressionStrategy):
         quant_bits: int = 8,
         quant_bits_down: int = 32,
         quant_bits_for_node: Callable[[int], int | None] | None = None,
+        uplink_budget_bytes: int = 0,
         quant_granularity: str = "channel",
         quant_meta: str = "fp16",
         quant_vectors: str = "fp32",
@@ -109,8 +114,8 @@ class FLoCoRA(CompressionStrategy):
             min_available_nodes=min_available_nodes,
         )
 
-        def spec(bits: int) -> str:
-            return codec_spec(bits, quant_granularity, quant_meta, quant_vectors)
+        def spec(bits: int, budget: int = 0) -> str:
+            return codec_spec(bits, quant_granularity, quant_meta, quant_vectors, budget)
 
         def uplink_for(server_round: int, node: int) -> str | None:
             bits = quant_bits_for_node(node) if quant_bits_for_node is not None else None
@@ -119,7 +124,7 @@ class FLoCoRA(CompressionStrategy):
         super().__init__(
             inner,
             downlink=spec(quant_bits_down),
-            uplink=spec(quant_bits),
+            uplink=spec(quant_bits, uplink_budget_bytes),
             reply=reply,
             error_feedback=error_feedback,
             uplink_for_node=None if quant_bits_for_node is None else uplink_for,

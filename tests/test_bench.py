@@ -392,11 +392,12 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
         "effnet-pt-flocora-q4-vec",
         "effnet-pt-ffa-flocora-q4",
         "effnet-pt-flasc-d10-v8-zstd",
+        "effnet-pt-flocora-adaptive-q4-bytes",
         "effnet-pt-flocora-q4-down2-delta",
         "effnet-pt-frontier",
     }
     names = [c.name for c in preset.sweep]
-    assert headline < set(names) and len(names) == 24
+    assert headline < set(names) and len(names) == 25
 
     def counts(floor: int) -> dict[str, int]:
         jobs = plan(preset, list(preset.sweep), floor, {}, tmp_path)

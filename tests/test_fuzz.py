@@ -40,6 +40,7 @@ CODECS = [
     codec_spec(3, "tensor", "fp32"),
     sparse_spec(0.3, "global", 32),
     sparse_spec(0.3, "tensor", 8),
+    codec_spec(8, budget=400),
 ]
 SHAPES = {k: v.shape for k, v in make_arrays(0).items()}
 MODEL_BYTES = sum(4 * int(np.prod(s)) for s in SHAPES.values())

@@ -35,6 +35,7 @@ from math import prod
 import numpy as np
 
 from strategies.codecs import entropy
+from strategies.codecs.allocate import allocate_bits, error_weights, model_error
 from strategies.codecs.bitpack import pack_bits, packed_size, unpack_bits
 from strategies.codecs.names import (
     AFFINE_BITS,
@@ -159,6 +160,7 @@ class _Grid:
     offset: np.ndarray
     unit: float
     meta: str
+    bits: int
 
 
 def _grids(
@@ -183,16 +185,19 @@ def _grids(
             zip(todo, np.split(scale, cut), np.split(offset, cut), strict=True)
         ):
             if fits[i]:
-                grids[name] = _Grid(rows[name], ranges[name][1], s, o, float(unit[i]), attempt)
+                grids[name] = _Grid(
+                    rows[name], ranges[name][1], s, o, float(unit[i]), attempt, bits
+                )
         todo = [n for n in todo if n not in grids]
     if todo:
         raise CodecError(f"tensor {todo[0]!r}: value range too large to quantize")
     return grids
 
 
-def _affine_bytes(grid: _Grid, bits: int) -> bytes:
+def _affine_bytes(grid: _Grid) -> bytes:
     """Body of an affine tensor: [fp32 unit with fp16 metadata], scales, offsets, codes."""
     le = np.dtype(META_DTYPES[grid.meta]).newbyteorder("<")
+    bits = grid.bits
     q = affine_codes(grid.rows, grid.hi, grid.scale, grid.offset, grid.unit, bits)
     head = struct.pack("<f", grid.unit) if grid.meta == "f16" else b""
     return b"".join(
@@ -226,6 +231,12 @@ def _affine_values(
         raise CodecError(f"tensor {name!r}: non-finite or negative scale/offset")
     q = unpack_bits(chunk[2 * m :], bits, n).reshape(channels, -1)
     return dequantize(q, scale, offset, shape, unit)
+
+
+def _header_bytes(entries: list[Entry]) -> bytes:
+    return zlib.compress(
+        json.dumps({"t": [e.to_json() for e in entries]}, separators=(",", ":")).encode(), 9
+    )
 
 
 class Codec(ABC):
@@ -280,9 +291,7 @@ class Codec(ABC):
             entry, body = self._encode_tensor(name, np.asarray(value), plan)
             entries.append(entry)
             bodies.append(body)
-        header = zlib.compress(
-            json.dumps({"t": [e.to_json() for e in entries]}, separators=(",", ":")).encode(), 9
-        )
+        header = _header_bytes(entries)
         return b"".join([MAGIC, struct.pack("<I", len(header)), header, *bodies])
 
 
@@ -314,16 +323,29 @@ class FloatCodec(Codec):
 
 
 class AffineCodec(Codec):
-    """FLoCoRA's affine b-bit quantization; 1-D tensors (norms, biases) stay fp32 by default."""
+    """FLoCoRA's affine b-bit quantization; 1-D tensors (norms, biases) stay fp32 by default.
+
+    With ``budget`` > 0 (bytes per message) each quantized tensor gets its own width in
+    1..``bits``, chosen for the least squared error that fits the budget
+    (``strategies.codecs.allocate``); below 1 bit per value the budget is exceeded.
+    """
 
     def __init__(
-        self, bits: int, per_channel: bool = True, meta: str = "fp16", keep_1d: bool = True
+        self,
+        bits: int,
+        per_channel: bool = True,
+        meta: str = "fp16",
+        keep_1d: bool = True,
+        budget: int = 0,
     ) -> None:
         if bits not in AFFINE_BITS:
             raise CodecError(f"affine codec bits = {bits}: expected 1..8")
         if meta not in METAS:
             raise CodecError(f"affine codec meta = {meta!r}: expected fp16 or fp32")
+        if budget < 0:
+            raise CodecError(f"affine codec budget = {budget}: expected bytes >= 0")
         self.bits, self.per_channel, self.meta, self.keep_1d = bits, per_channel, meta, keep_1d
+        self.budget = budget
 
     @property
     def spec(self) -> str:
@@ -332,6 +354,7 @@ class AffineCodec(Codec):
             "channel" if self.per_channel else "tensor",
             self.meta,
             "fp32" if self.keep_1d else "quant",
+            self.budget,
         )
 
     def _stays_float(self, x: np.ndarray) -> bool:
@@ -354,26 +377,124 @@ class AffineCodec(Codec):
                 ranges[name] = row_ranges(rows[name])
             except ValueError:
                 raise CodecError(f"tensor {name!r} contains NaN or Inf") from None
-        return _grids(rows, ranges, self.bits, _META_NAMES[self.meta])
+        meta = _META_NAMES[self.meta]
+        if not self.budget:
+            return _grids(rows, ranges, self.bits, meta)
+        # Widths for the requested metadata; a tensor whose range needs fp32 metadata takes
+        # more bytes, so the widths are chosen again knowing which do.
+        metas = dict.fromkeys(rows, meta)
+        for _ in range(2):
+            widths = self._widths(tensors, rows, ranges, metas)
+            grids: dict[str, _Grid] = {}
+            for bits in sorted(set(widths.values())):
+                group = [n for n in rows if widths[n] == bits]
+                grids.update(
+                    _grids({n: rows[n] for n in group}, {n: ranges[n] for n in group}, bits, meta)
+                )
+            if all(grids[n].meta == metas[n] for n in rows):
+                break
+            metas = {n: grids[n].meta for n in rows}
+        return grids
+
+    def _widths(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        rows: dict[str, np.ndarray],
+        ranges: dict[str, tuple[np.ndarray, np.ndarray]],
+        metas: dict[str, str],
+    ) -> dict[str, int]:
+        """Each quantized tensor's width under the budget. What the rest of the message takes
+        (fp32 tensors, scales and offsets, the header) comes off first; the header is then
+        measured for the chosen widths, and any excess is taken off the codes again."""
+        names = list(rows)
+        counts = np.array([rows[n].shape[0] for n in names], np.int64)
+        cols = np.array([rows[n].shape[1] for n in names], np.int64)
+        spans = np.concatenate([ranges[n][1] - ranges[n][0] for n in names]) if names else []
+        weights = error_weights(counts, np.asarray(spans, np.float64), cols)
+        sizes = counts * cols
+        fixed = len(MAGIC) + 4
+        for name, value in tensors.items():
+            x = np.asarray(value)
+            if name in rows:  # the metadata only: the codes are what is allocated
+                meta_bytes = _values_size("q", x.size, rows[name].shape[0], 1, metas[name])
+                fixed += meta_bytes - packed_size(x.size, 1)
+            else:
+                fixed += 4 * x.size
+
+        def header(widths: dict[str, int]) -> int:
+            entries = [
+                Entry(
+                    n,
+                    tuple(int(d) for d in np.shape(v)),
+                    "q",
+                    widths[n],
+                    self.per_channel,
+                    metas[n],
+                )
+                if n in rows
+                else Entry(n, tuple(int(d) for d in np.shape(v)), "f32")
+                for n, v in tensors.items()
+            ]
+            return len(_header_bytes(entries))
+
+        # The header's compressed size depends a little on the widths it lists: adjust the
+        # codes' share by what the last choice missed or overshot, a few times at most, and
+        # keep the fullest choice that fits.
+        widths = dict.fromkeys(names, self.bits)
+        code_bytes = self.budget - fixed - header(widths)
+        best: tuple[int, dict[str, int]] | None = None
+        for _ in range(4):
+            chosen = allocate_bits(weights, sizes, self.bits, code_bytes)
+            widths = dict(zip(names, (int(w) for w in chosen), strict=True))
+            codes = sum(packed_size(int(n), int(w)) for n, w in zip(sizes, chosen, strict=True))
+            total = fixed + header(widths) + codes
+            if total <= self.budget and (best is None or codes > best[0]):
+                best = (codes, widths)
+            if total == self.budget or code_bytes + self.budget - total == code_bytes:
+                break
+            code_bytes += self.budget - total
+        # A greedy fill is not an exact knapsack: with the header's few bytes of play it can
+        # miss the one width for all that a fixed-width codec sends at these bytes. That one
+        # competes too, so the choice never errs more (in the model) than the fixed width.
+        for width in range(self.bits, 0, -1):
+            uniform = dict.fromkeys(names, width)
+            codes = sum(packed_size(int(n), width) for n in sizes)
+            if fixed + header(uniform) + codes <= self.budget:
+                if best is None or model_error(weights, np.full(len(names), width)) < (
+                    model_error(weights, np.array([best[1][n] for n in names]))
+                ):
+                    best = (codes, uniform)
+                break
+        # Over budget even at 1 bit everywhere: the least there is (``accepts_message``).
+        return best[1] if best is not None else widths
+        return widths
 
     def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
         shape = tuple(int(d) for d in x.shape)
         if self._stays_float(x):
             return Entry(name, shape, "f32"), x.astype("<f4").tobytes()
         grid = plan[name]  # type: ignore[index]
-        return Entry(name, shape, "q", self.bits, self.per_channel, grid.meta), _affine_bytes(
-            grid, self.bits
-        )
+        entry = Entry(name, shape, "q", grid.bits, self.per_channel, grid.meta)
+        return entry, _affine_bytes(grid)
 
     def accepts(self, entry: Entry) -> bool:
         if entry.kind == "f32":
             return entry.numel == 0 or (self.keep_1d and len(entry.shape) <= 1)
+        width_ok = 1 <= entry.bits <= self.bits if self.budget else entry.bits == self.bits
         return (
             entry.kind == "q"
             and not (self.keep_1d and len(entry.shape) <= 1)  # those travel fp32
-            and entry.bits == self.bits
+            and width_ok
             and entry.per_channel == self.per_channel
             and entry.meta in ("f32", _META_NAMES[self.meta])
+        )
+
+    def accepts_message(self, entries: list[Entry]) -> bool:
+        """Under a budget: within it, or every quantized tensor at 1 bit (the least there is)."""
+        if not self.budget:
+            return True
+        return sum(e.body_size() for e in entries) <= self.budget or all(
+            e.bits == 1 for e in entries if e.kind == "q"
         )
 
     def max_body_bytes(self, shape: tuple[int, ...]) -> int:
@@ -440,7 +561,7 @@ class SparseCodec(Codec):
         index_kind, index_body = encode_indices(indices, x.size)
         kind, meta = self._values_kind(), "f32"
         if kind == "q":
-            body = b"" if grid is None else _affine_bytes(grid, self.value_bits)
+            body = b"" if grid is None else _affine_bytes(grid)
             meta = "f32" if grid is None else grid.meta
         else:
             kept = x.reshape(-1)[indices]
@@ -532,15 +653,26 @@ def get_codec(spec: str) -> Codec:
             gran = params.pop("gran")
             meta = params.pop("meta")
             vectors = params.pop("vec", VECTOR_MODES[0])
+            budget = int(params.pop("budget", "0"))
         except (KeyError, ValueError):
             raise CodecError(f"malformed codec {spec!r}") from None
-        # One name per codec: fp32 vectors are the default and never spelled out.
-        spelled_default = f"vec={VECTOR_MODES[0]}" in spec.split(":")
+        # One name per codec: defaults (fp32 vectors, no budget) are never spelled out.
+        parts = spec.split(":")
+        spelled_default = f"vec={VECTOR_MODES[0]}" in parts or any(
+            p.startswith("budget=") and budget <= 0 for p in parts
+        )
         if params or gran not in GRANULARITIES or vectors not in VECTOR_MODES or spelled_default:
             raise CodecError(f"malformed codec {spec!r}")
-        return AffineCodec(
-            bits, per_channel=gran == "channel", meta=meta, keep_1d=vectors == VECTOR_MODES[0]
+        codec = AffineCodec(
+            bits,
+            per_channel=gran == "channel",
+            meta=meta,
+            keep_1d=vectors == VECTOR_MODES[0],
+            budget=budget,
         )
+        if codec.spec != spec:  # parameters out of their canonical order
+            raise CodecError(f"malformed codec {spec!r}")
+        return codec
     if spec.startswith("topk:"):
         try:
             params = dict(part.split("=", 1) for part in spec.split(":")[1:])
@@ -682,7 +814,9 @@ def decode_blob(
                     f"tensor {e.name!r} is encoded as {e.to_json()[2:]}, not as {accept.spec} would"
                 )
         if not accept.accepts_message(entries):
-            raise CodecError(f"message is not one {accept.spec} produces (kept-entry count)")
+            raise CodecError(
+                f"message is not one {accept.spec} produces (kept-entry count, byte budget)"
+            )
     need = sum(e.body_size() for e in entries)
     if need != len(blob) - start:
         raise CodecError(f"body is {len(blob) - start} bytes, header describes {need}")

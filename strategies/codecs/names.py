@@ -31,9 +31,14 @@ def with_entropy(spec: str, coder: str) -> str:
 
 
 def codec_spec(
-    bits: int, granularity: str = "channel", meta: str = "fp16", vectors: str = "fp32"
+    bits: int,
+    granularity: str = "channel",
+    meta: str = "fp16",
+    vectors: str = "fp32",
+    budget: int = 0,
 ) -> str:
-    """The codec name for a value width: 32 -> fp32, 16 -> fp16, 1..8 -> affine."""
+    """The codec name for a value width: 32 -> fp32, 16 -> fp16, 1..8 -> affine; with a
+    ``budget`` (bytes per message) the affine width is the largest of per-tensor widths."""
     if bits == 32:
         return "fp32"
     if bits == 16:
@@ -41,7 +46,9 @@ def codec_spec(
     if vectors not in VECTOR_MODES:
         raise ValueError(f"vectors = {vectors!r}: expected one of {', '.join(VECTOR_MODES)}")
     spec = f"affine:bits={bits}:gran={granularity}:meta={meta}"
-    return spec if vectors == "fp32" else f"{spec}:vec={vectors}"
+    if vectors != "fp32":
+        spec += f":vec={vectors}"
+    return f"{spec}:budget={budget}" if budget > 0 else spec
 
 
 def sparse_spec(density: float, scope: str, value_bits: int) -> str:

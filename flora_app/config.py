@@ -39,6 +39,7 @@ from strategies.codecs.names import (
     VALUE_BITS,
     VECTOR_MODES,
 )
+from strategies.links import LINK_PROFILES
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
 # What a value width means (quant-bits, quant-bits-down, sparse-value-bits).
@@ -430,6 +431,13 @@ class RobustnessSection(Section):
     )
     max_num_examples: int = key(
         1_000_000, "largest num-examples a reply may claim", within=Range(0, low_open=True)
+    )
+    link_profile: str = key(
+        "none",
+        "simulated clock: each node's link drawn from this profile (strategies.links); each "
+        "reply is timed over it, over-selection keeps the first arrivals, and every round "
+        "records its simulated seconds (none: no clock)",
+        choices=LINK_PROFILES,
     )
     over_selection: float = key(
         0.0,

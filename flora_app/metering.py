@@ -98,12 +98,25 @@ class MeteredGrid(GridView):
         super().__init__(grid)
         self._bytes: dict[tuple[str, str], int] = defaultdict(int)
         self._count: dict[tuple[str, str], int] = defaultdict(int)
+        # node -> [bytes sent to it, bytes of its reply] in the latest training exchange
+        self._train: dict[int, list[int]] = {}
 
     def _add(self, messages: Iterable[Message], direction: str) -> None:
         for msg in messages:
             key = (_category(msg), direction)
-            self._bytes[key] += message_wire_bytes(msg)
+            size = message_wire_bytes(msg)
+            self._bytes[key] += size
             self._count[key] += 1
+            if key[0] == "train":
+                if direction == "down":
+                    self._train[msg.metadata.dst_node_id] = [size, 0]
+                else:
+                    self._train.setdefault(msg.metadata.src_node_id, [0, 0])[1] = size
+
+    def train_bytes(self, node: int) -> tuple[int, int]:
+        """(bytes sent to ``node``, bytes of its reply) in the latest training exchange."""
+        down, up = self._train.get(node, (0, 0))
+        return down, up
 
     def take(self) -> dict[str, int]:
         """Bytes and message counts since the last call, as ``{"train_up_bytes": ..., ...}``."""
@@ -116,6 +129,8 @@ class MeteredGrid(GridView):
     # --- what is counted; the rest of the Grid API is forwarded by GridView ----------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
+        if any(_category(m) == "train" for m in messages):
+            self._train.clear()
         ids = self._grid.push_messages(messages)
         self._add(messages, "down")
         return ids
@@ -129,6 +144,8 @@ class MeteredGrid(GridView):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
+        if any(_category(m) == "train" for m in messages):
+            self._train.clear()
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         self._add(messages, "down")
         self._add(replies, "up")

@@ -42,6 +42,8 @@ from flora_app.task import data_spec, model_spec
 from flora_app.tiers import NodeTiers, parse_tiers
 from strategies import RoundOffset
 from strategies.chain import innermost, strategy_chain
+from strategies.link_clock import LinkClock
+from strategies.links import PROFILES, Link, node_link
 from strategies.optimizer_state import load_optimizer_state
 from strategies.privacy import PrivacyAccounting
 from strategies.wire import numpy_to_record
@@ -154,6 +156,18 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
     )
 
     metered = MeteredGrid(ordered)
+    if cfg.robustness.link_profile != "none":
+        # Beneath the codecs (decoded replies), above node sampling (which keeps the first
+        # arrivals); each node's link follows its partition, as its tier does.
+        profile = PROFILES[cfg.robustness.link_profile]
+
+        def link_of(node: int) -> Link | None:
+            partition = ordered.partition_of(node)
+            return None if partition is None else node_link(profile, cfg.run.seed, partition)
+
+        strategy.strategy = LinkClock(
+            strategy.strategy, link_of=link_of, bytes_of=metered.train_bytes
+        )
     keeper = RoundKeeper(
         model=model,
         spec=spec,

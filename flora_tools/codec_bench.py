@@ -19,14 +19,14 @@ import argparse
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flora_app.ml.lora import ModelSpec, build_trainable, exchanged_state
-from strategies.codecs import codec_spec, decode_blob, get_codec, sparse_spec
+from strategies.codecs import codec_spec, decode_blob, get_codec, read_header, sparse_spec
 
 
 def _best_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -156,9 +156,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compressors", type=Path, default=None, help="a finished run: compare compressors"
     )
+    parser.add_argument(
+        "--adaptive",
+        type=Path,
+        default=None,
+        help="a finished run: fixed widths against uplink-budget-bytes at equal bytes",
+    )
     args = parser.parse_args(argv)
     if args.compressors is not None:
         print_compressors(args.compressors)
+        return
+    if args.adaptive is not None:
+        print_adaptive(args.adaptive)
         return
 
     spec = ModelSpec(
@@ -223,6 +232,48 @@ def print_compressors(run_dir: Path) -> None:
         cells = " | ".join(f"{row[n]:,} ({row[n] / row['bytes']:.2f})" for n in names)
         times = " | ".join(f"{row[f'{n} ms']:.2f}" for n in timed)
         print(f"| {row['codec']} | {row['bytes']:,} | {cells} | {times} |")
+
+
+def adaptive_rows(
+    tensors: Mapping[str, np.ndarray], widths: Sequence[int], vectors: str = "fp32"
+) -> list[dict]:
+    """Each fixed width against ``uplink-budget-bytes`` at that width's message size (widths
+    up to 8): bytes and squared error relative to the update's own energy."""
+    energy = sum(float((v.astype(np.float64) ** 2).sum()) for v in tensors.values())
+
+    def error(blob: bytes) -> float:
+        got = decode_blob(blob)
+        return sum(float(((got[k] - v) ** 2).sum()) for k, v in tensors.items()) / energy
+
+    rows = []
+    for width in widths:
+        fixed = get_codec(codec_spec(width, vectors=vectors)).encode(tensors)
+        adaptive = get_codec(codec_spec(8, vectors=vectors, budget=len(fixed))).encode(tensors)
+        chosen = [e.bits for e in read_header(adaptive)[0] if e.kind == "q"]
+        rows.append(
+            {
+                "width": width,
+                "fixed B": len(fixed),
+                "adaptive B": len(adaptive),
+                "fixed error": error(fixed),
+                "adaptive error": error(adaptive),
+                "widths": f"{min(chosen)}-{max(chosen)}" if chosen else "-",
+            }
+        )
+    return rows
+
+
+def print_adaptive(run_dir: Path) -> None:
+    update = real_update(run_dir)
+    print(f"a real update from {run_dir}: relative squared error at equal bytes\n")
+    print("| vectors | width | fixed B | adaptive B | fixed error | adaptive error | widths |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for vectors in ("fp32", "quant"):
+        for r in adaptive_rows(update, (2, 3, 4, 6), vectors):
+            print(
+                f"| {vectors} | {r['width']} | {r['fixed B']:,} | {r['adaptive B']:,} | "
+                f"{r['fixed error']:.2e} | {r['adaptive error']:.2e} | {r['widths']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ sampled nodes, and takes them all.
 Over-selection: production FL samples more nodes than a round needs, so that a round keeps its
 participation when some replies are rejected or never arrive. With ``over_selection`` > 0 the
 training sample is that much larger, and only the first ``fraction_train``'s worth of valid
-replies, in sampling order, reach the inner strategy; the others are counted as
-``spare_replies``. Place this wrapper *below* the compression wrapper, so that "valid" means
+replies, in sampling order (or in simulated arrival order, when ``strategies.link_clock`` timed
+them), reach the inner strategy; the others are counted as ``spare_replies``. Place this
+wrapper *below* the compression wrapper, so that "valid" means
 decoded and validated.
 """
 
@@ -34,6 +35,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from strategies.grid_view import GridView
+from strategies.links import ARRIVAL_KEY
 
 MAX_OVER_SELECTION = 10.0
 _KINDS = {"train": 0, "evaluate": 1}  # one stream per kind, so evaluation never shifts training
@@ -61,6 +63,14 @@ def _attributes(strategy: Strategy, **values: Any):  # type: ignore[no-untyped-d
     finally:
         for name, value in saved.items():
             setattr(strategy, name, value)
+
+
+def _arrival(msg: Message) -> float | None:
+    """A reply's simulated arrival (``strategies.link_clock``), if it was timed."""
+    for record in msg.content.metric_records.values():
+        if ARRIVAL_KEY in record:
+            return float(record[ARRIVAL_KEY])
+    return None
 
 
 class NodeSampling(Strategy):
@@ -195,16 +205,26 @@ class NodeSampling(Strategy):
 
     # --- aggregation ---------------------------------------------------------------------
     def _without_spares(self, replies: list[Message]) -> list[Message]:
-        if not self._target:
-            return replies
-        last = len(self._order)
-        valid = sorted(
-            (m for m in replies if not m.has_error()),
-            key=lambda m: self._order.get(m.metadata.src_node_id, last),
-        )
-        spare = {id(m) for m in valid[self._target :]}
-        self._metrics["spare_replies"] = float(len(spare))
-        return [m for m in replies if id(m) not in spare]
+        """The replies the round keeps: with over-selection, the first ``fraction_train``'s
+        worth of valid ones in arrival order (simulated, when ``LinkClock`` timed them all;
+        else sampling order). Timed replies also give the round's simulated seconds."""
+        valid = [m for m in replies if not m.has_error()]
+        arrivals = {id(m): _arrival(m) for m in valid}
+        timed = bool(valid) and all(a is not None for a in arrivals.values())
+        if self._target:
+            last = len(self._order)
+            if timed:
+                valid.sort(key=lambda m: arrivals[id(m)])  # type: ignore[arg-type,return-value]
+            else:
+                valid.sort(key=lambda m: self._order.get(m.metadata.src_node_id, last))
+            spare = {id(m) for m in valid[self._target :]}
+            self._metrics["spare_replies"] = float(len(spare))
+            valid = [m for m in valid if id(m) not in spare]
+            replies = [m for m in replies if id(m) not in spare]
+        if timed:
+            kept = [arrivals[id(m)] for m in valid]
+            self._metrics["sim_round_seconds"] = max(a for a in kept if a is not None)
+        return replies
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

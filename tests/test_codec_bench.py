@@ -32,3 +32,14 @@ def test_a_replayed_client_update_is_real_and_repeatable(
     fp32, affine = compressors(update, ["fp32", "affine:bits=4:gran=channel:meta=fp16"])
     assert affine["bytes"] < fp32["bytes"] / 2  # 4-bit codes (the tiny CNN: headers weigh)
     assert 0 < fp32["zstd-3"] < fp32["bytes"]  # fp32 updates with zero B rows compress
+
+
+def test_the_adaptive_table_compares_at_equal_bytes() -> None:
+    from flora_tools.codec_bench import adaptive_rows
+    from tests.test_adaptive_precision import _tensors
+
+    rows = adaptive_rows(_tensors(5, 2.0), (3, 4))
+    assert [r["width"] for r in rows] == [3, 4]
+    for r in rows:
+        assert r["adaptive B"] <= r["fixed B"]
+        assert r["adaptive error"] < 0.5 * r["fixed error"]  # scales 100x apart

@@ -443,16 +443,21 @@ class AffineCodec(Codec):
         widths = dict.fromkeys(names, self.bits)
         code_bytes = self.budget - fixed - header(widths)
         best: tuple[int, dict[str, int]] | None = None
-        for _ in range(4):
+        slack = 8
+        for _ in range(6):
             chosen = allocate_bits(weights, sizes, self.bits, code_bytes)
             widths = dict(zip(names, (int(w) for w in chosen), strict=True))
             codes = sum(packed_size(int(n), int(w)) for n, w in zip(sizes, chosen, strict=True))
             total = fixed + header(widths) + codes
             if total <= self.budget and (best is None or codes > best[0]):
                 best = (codes, widths)
-            if total == self.budget or code_bytes + self.budget - total == code_bytes:
+            if total == self.budget:
                 break
-            code_bytes += self.budget - total
+            if total < self.budget:
+                code_bytes += self.budget - total
+            else:  # overshot: step back by more each time, so the search cannot cycle
+                code_bytes -= total - self.budget + slack
+                slack *= 2
         # A greedy fill is not an exact knapsack: with the header's few bytes of play it can
         # miss the one width for all that a fixed-width codec sends at these bytes. That one
         # competes too, so the choice never errs more (in the model) than the fixed width.

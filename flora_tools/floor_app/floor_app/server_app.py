@@ -29,9 +29,10 @@ class _Timed(FedAvg):
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    fraction_evaluate = float(context.run_config["fraction-evaluate"])
     strategy = _Timed(
-        fraction_train=1.0, fraction_evaluate=fraction_evaluate, min_available_nodes=2
+        fraction_train=float(context.run_config["fraction-train"]),
+        fraction_evaluate=float(context.run_config["fraction-evaluate"]),
+        min_available_nodes=2,
     )
     strategy.start(
         grid=grid,

@@ -1,0 +1,145 @@
+"""Simulation at scale: ``python -m flora_tools.scale_bench`` (a benchmark that prints).
+
+Production federations have thousands of devices and sample a few per round. What a round
+costs should then follow the sampled clients, not the federation: for 100, 1,000 and 10,000
+simulated SuperNodes with 10 clients per round, this runs flora (synthetic data, the tiny CNN,
+fedlora, 3 rounds) and Flower's floor (``flora_tools/floor_app``: FedAvg over a trivial
+ClientApp) one after the other, each through ``flora_tools.run_simulation``, and prints the
+seconds per round (rounds 2 on: round 1 pays the actors' start) and the machine's memory at
+its peak above what it was before the run (sampled every half second; on a quiet machine that
+is what the simulation holds), with each size's ratio to the smallest. Goal (issue 16): at
+10,000 SuperNodes within 1.5x of 100, for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOOR_APP = Path(__file__).resolve().parent / "floor_app"
+SIZES = (100, 1000, 10000)
+PER_ROUND = 10
+
+
+def flora_config(supernodes: int, out: Path) -> str:
+    fraction = PER_ROUND / supernodes
+    # Two synthetic samples per node at least: every partition needs one to train on.
+    samples = max(2000, 2 * supernodes)
+    return (
+        f"dataset='synthetic' synthetic-samples={samples} model='cnn' model-width=16 "
+        f"lora-r=4 lora-alpha=8.0 local-epochs=1 strategy='fedlora' num-server-rounds=3 "
+        f"fraction-train={fraction!r} fraction-evaluate={fraction!r} "
+        f"output-dir='{out}' run-name='scale-{supernodes}'"
+    )
+
+
+def floor_config(supernodes: int, out: Path) -> str:
+    fraction = PER_ROUND / supernodes
+    return (
+        f"num-server-rounds=3 fraction-train={fraction!r} fraction-evaluate={fraction!r} "
+        f"result='{out / f'floor-{supernodes}.json'}'"
+    )
+
+
+class PeakMemory:
+    """The machine's used memory at its peak above a baseline, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.baseline = psutil.virtual_memory().used
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, psutil.virtual_memory().used)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def added_gb(self) -> float:
+        return (self.peak - self.baseline) / 1e9
+
+
+def run(app: Path, supernodes: int, run_config: str, workdir: Path, timeout: float) -> float:
+    """Peak added memory (GB) of one simulation; raises if it does not complete."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "flora_tools.run_simulation",
+        "--supernodes",
+        str(supernodes),
+        "--app",
+        str(app),
+        "--flwr-home",
+        str(workdir / "flwr-home"),
+        "--run-config",
+        run_config,
+    ]
+    log = workdir / f"{app.name}-{supernodes}.log"
+    with PeakMemory() as memory, log.open("w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    if code != 0:
+        raise SystemExit(f"{app.name} at {supernodes} SuperNodes failed ({code}); see {log}")
+    return memory.added_gb
+
+
+def steady(seconds: list[float]) -> float:
+    return statistics.median(seconds[1:] or seconds)
+
+
+def measure(supernodes: int, workdir: Path, timeout: float) -> dict[str, float]:
+    out = workdir / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    flora_gb = run(ROOT, supernodes, flora_config(supernodes, out), workdir, timeout)
+    rounds = (out / f"scale-{supernodes}" / "rounds.jsonl").read_text().splitlines()
+    flora_s = steady([json.loads(r)["seconds"] for r in rounds])
+    floor_gb = run(FLOOR_APP, supernodes, floor_config(supernodes, out), workdir, timeout)
+    floor_s = steady(json.loads((out / f"floor-{supernodes}.json").read_text())["seconds"])
+    return {"flora_s": flora_s, "flora_gb": flora_gb, "floor_s": floor_s, "floor_gb": floor_gb}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".flwr" / "scale-bench")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for size in args.sizes:
+        rows[size] = measure(size, args.workdir, args.timeout)
+        print(f"{size} SuperNodes: {json.dumps(rows[size])}", flush=True)
+    base = rows[args.sizes[0]]
+    print(f"\n{PER_ROUND} clients per round, 3 rounds; seconds per round from round 2\n")
+    print(
+        "| SuperNodes | flora s / round | vs smallest | flora +GB | vs smallest "
+        "| floor s / round | floor +GB |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for size, r in rows.items():
+        print(
+            f"| {size:,} | {r['flora_s']:.2f} | {r['flora_s'] / base['flora_s']:.2f}x | "
+            f"{r['flora_gb']:.2f} | {r['flora_gb'] / max(base['flora_gb'], 1e-3):.2f}x | "
+            f"{r['floor_s']:.2f} | {r['floor_gb']:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -126,3 +126,23 @@ def test_the_readme_is_short_and_every_local_link_resolves() -> None:
     linked = set(LINK.findall(readme.read_text()))
     for page in docs:
         assert f"docs/{page.name}" in linked, f"the README does not link docs/{page.name}"
+
+
+RUN_EXAMPLE = re.compile(r"make (?:run|deploy|bench)[^\n]*?RUN_CONFIG=\"([^\"]*)\"")
+
+
+def test_every_run_config_example_in_the_docs_would_start() -> None:
+    """The README's and docs' ``make run RUN_CONFIG="..."`` lines are checked like a user's."""
+    from flora_tools.preflight import parse_run_config, run_config_problem
+
+    examples = [
+        (page.name, text)
+        for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for text in RUN_EXAMPLE.findall(page.read_text())
+    ]
+    assert len(examples) >= 8
+    for name, text in examples:
+        # placeholders: "key=value", "...", "<folder>", "seed=S"
+        if "..." in text or "<" in text or "key=value" in text or re.search(r"=[A-Z]\b", text):
+            continue
+        assert run_config_problem(parse_run_config(text)) is None, (name, text)

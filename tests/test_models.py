@@ -135,3 +135,35 @@ def test_stem_is_the_first_conv_and_the_head_the_last_linear() -> None:
     assert stem_conv_name(model) == "features.0.0"
     assert head_module_name(model) == "classifier.3"
     assert stem_conv_name(build_model("resnet8", 3, 10, 8)) == "conv1"
+
+
+def test_training_with_dropout_is_a_function_of_its_seed() -> None:
+    """Dropout and drop-connect draw from torch's global RNG, whose state in a Ray actor
+    depends on the messages it handled before: training seeds it, so it does not matter."""
+    import torch
+    from torch import nn
+
+    from flora_app.ml.batchnorm import measure_batchnorm_statistics
+    from flora_app.ml.data import Augment, Split
+    from flora_app.ml.training import train
+
+    def model() -> nn.Module:
+        torch.manual_seed(1)
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(), nn.Linear(144, 10)
+        )
+
+    g = torch.Generator().manual_seed(2)
+    split = Split(torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g))
+    states = []
+    for noise in (3, 4):
+        m = model()
+        torch.manual_seed(noise)  # whatever ran before
+        train(m, split, 2, 8, 0.1, 0.9, Augment(), seed=7)
+        measure_batchnorm_statistics(m, split)
+        states.append({k: v.clone() for k, v in m.state_dict().items()})
+        after = torch.rand(1)  # the caller's stream goes on as if nothing drew from it
+        torch.manual_seed(noise)
+        assert torch.equal(after, torch.rand(1))
+    for name, value in states[0].items():
+        assert torch.equal(value, states[1][name]), name

@@ -60,8 +60,13 @@ def measure_batchnorm_statistics(model: nn.Module, split: Split, batch_size: int
     was_training = model.training
     try:
         model.train()
-        for start in range(0, len(split), batch_size):
-            model(split.x[start : start + batch_size])
+        # Train mode also runs dropout and drop-connect (EfficientNet-Lite0), which draw from
+        # torch's global RNG: a fixed seed, forked, makes the measurement a function of the
+        # model and the data alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for start in range(0, len(split), batch_size):
+                model(split.x[start : start + batch_size])
     finally:
         for handle in handles:
             handle.remove()

@@ -57,6 +57,38 @@ def train(
     model.train()
     if frozen_batchnorm:
         freeze_batchnorm_statistics(model)
+    # Dropout and drop-connect (EfficientNet-Lite0) draw from torch's global RNG, whose state
+    # in a Ray actor or a tool depends on whatever ran before: seed it from ``seed`` for the
+    # duration (forked, so the caller's stream is untouched), so a seed is the same training.
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        total, batches = _epochs(
+            model,
+            split,
+            optimizer,
+            generator,
+            device,
+            epochs,
+            batch_size,
+            augment,
+            frozen_batchnorm,
+        )
+    return total / max(batches, 1)
+
+
+def _epochs(
+    model: nn.Module,
+    split: Split,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+    epochs: int,
+    batch_size: int,
+    augment: Augment,
+    frozen_batchnorm: bool,
+) -> tuple[float, int]:
+    """The epochs of ``train``: (summed loss, batches)."""
     total, batches = 0.0, 0
     try:
         for _ in range(epochs):
@@ -74,7 +106,7 @@ def train(
                 batches += 1
     finally:
         model.to("cpu")
-    return total / max(batches, 1)
+    return total, batches
 
 
 @torch.no_grad()

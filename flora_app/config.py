@@ -29,7 +29,7 @@ from flora_app.ml.names import (
     PRETRAINED_MODELS,
 )
 from flora_app.tiers import TiersError, parse_tiers
-from strategies.choices import CLIPPING_SIDES, UPDATE_NORM_ACTIONS
+from strategies.choices import CLIPPING_SIDES, LINK_PROFILES, UPDATE_NORM_ACTIONS
 from strategies.codecs.names import (
     AFFINE_BITS,
     ENTROPY_CODERS,
@@ -39,7 +39,6 @@ from strategies.codecs.names import (
     VALUE_BITS,
     VECTOR_MODES,
 )
-from strategies.links import LINK_PROFILES
 from strategies.schedules import SCHEDULE_HELP, schedule_factor
 
 # What a value width means (quant-bits, quant-bits-down, sparse-value-bits).

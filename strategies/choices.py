@@ -3,6 +3,8 @@ which the ClientApp reads too, checks run-config values against them)."""
 
 from __future__ import annotations
 
+from strategies.links import PROFILES
+
 # What happens to a reply whose update is longer than ``max_update_norm``
 # (``strategies.compression``).
 UPDATE_NORM_ACTIONS = ("clip", "reject")
@@ -14,3 +16,6 @@ CLIPPING_SIDES = ("server", "client")
 # The training-config key that carries the LoRA rank a node is asked to train
 # (``strategies.rank_tiers``; the ClientApp reads it).
 RANK_KEY = "lora-rank"
+
+# link-profile's values (``strategies.links``): none (no simulated clock) or a profile's name.
+LINK_PROFILES = ("none", *PROFILES)

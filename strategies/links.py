@@ -46,8 +46,6 @@ PROFILES: dict[str, LinkProfile] = {
     "lte": LinkProfile("lte", down_mbps=20.0, up_mbps=5.0, rtt_s=0.05),
     "3g": LinkProfile("3g", down_mbps=2.0, up_mbps=0.5, rtt_s=0.2),
 }
-# link-profile's values: none (no simulated clock) or a profile's name.
-LINK_PROFILES = ("none", *PROFILES)
 
 
 @dataclass(frozen=True)

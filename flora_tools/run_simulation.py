@@ -12,7 +12,6 @@ Usage: python -m flora_tools.run_simulation [--supernodes N] [--run-config "k=v 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -22,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
+from flora_tools.deployment.processes import signal_tree
 from flora_tools.preflight import require_valid_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,23 +76,24 @@ def superlink_pids(http_port: int) -> list[int]:
     return pids
 
 
-def stop_process_group(pid: int, grace: float = 10.0) -> None:
-    """SIGTERM the process group led by ``pid``, then SIGKILL what is left after ``grace``."""
+def stop_process_tree(pid: int, grace: float = 10.0) -> list[int]:
+    """SIGTERM ``pid`` and every process it spawned, SIGKILL what is left after ``grace``;
+    the PIDs that had to be killed.
+
+    The whole tree, not the process group: the SuperLink's SuperExec starts
+    ``flwr-simulation`` (and through it Ray) in a group of its own, which a run that is
+    interrupted would otherwise leave running (seen: a stopped ``make run`` left
+    flwr-simulation and its Ray actors training)."""
     try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.time() + grace
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    signal_tree(procs, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    signal_tree(alive, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5.0)
+    return [p.pid for p in alive]
 
 
 def run_status(env: dict[str, str], app: Path) -> tuple[str, str]:
@@ -143,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[flora] FLWR_HOME={flwr_home} superlink port {http_port}", flush=True)
     print(f"[flora] {' '.join(cmd)}", flush=True)
     code = 1
+    # ``kill <pid>`` (or a stopped ``make run``) cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = subprocess.run(cmd, env=env, check=False).returncode
         status, details = final_status(env, args.app)
@@ -155,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     finally:
         for pid in superlink_pids(http_port):
-            print(f"[flora] stopping local SuperLink (pid {pid})", flush=True)
-            stop_process_group(pid)
+            print(f"[flora] stopping local SuperLink (pid {pid}) and what it started", flush=True)
+            stop_process_tree(pid)
     return code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

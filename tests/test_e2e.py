@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,3 +189,61 @@ def test_a_missing_dataset_fails_the_run_with_one_line_before_training(tmp_path:
     line = next(x for x in log.splitlines() if "flora: dataset 'fashion-mnist'" in x)
     assert "dataset-fashion-mnist" in line and str(missing) in line
     assert "round 1/" not in log  # nothing trained
+
+
+def test_a_stopped_run_leaves_no_simulation_behind(tmp_path: Path) -> None:
+    """``kill`` of the launcher (what stopping ``make run`` sends) mid-training stops the
+    SuperLink and everything it started: the SuperExec starts ``flwr-simulation`` and Ray in a
+    process group of their own, which an interrupted run once left training."""
+    import signal
+    import time
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "flora_tools.run_simulation",
+        "--supernodes",
+        "2",
+        "--flwr-home",
+        str(tmp_path / "flwr-home"),
+        "--run-config",
+        f"model='cnn' model-width=16 num-server-rounds=50 output-dir='{tmp_path / 'out'}'",
+    ]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 300
+            while "flora: round 1/50" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(1.0)
+            tree = [p for p in psutil.process_iter(["cmdline"]) if _ours(p, tmp_path)]
+            assert any("flwr-simulation" in " ".join(p.info["cmdline"] or []) for p in tree)
+            simulation = [p for p in tree if "flwr-simulation" in " ".join(p.info["cmdline"] or [])]
+            started = {p.pid for s in simulation for p in [s, *s.children(recursive=True)]}
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) != 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "stopping local SuperLink" in log.read_text()
+    left = [pid for pid in started if psutil.pid_exists(pid) and _alive(pid)]
+    assert not left, f"still running after the launcher stopped: {left}"
+
+
+def _ours(proc: psutil.Process, tmp_path: Path) -> bool:
+    """Whether a process belongs to this test's simulation: its FLWR_HOME, which every
+    process Flower starts inherits, is under ``tmp_path``."""
+    try:
+        return proc.environ().get("FLWR_HOME", "").startswith(str(tmp_path))
+    except (psutil.Error, OSError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

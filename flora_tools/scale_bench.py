@@ -91,11 +91,11 @@ def run(app: Path, supernodes: int, run_config: str, workdir: Path, timeout: flo
         "--run-config",
         run_config,
     ]
-    log = workdir / f"{app.name}-{supernodes}.log"
+    log = workdir / f"{'flora' if app == ROOT else app.name}-{supernodes}.log"
     with PeakMemory() as memory, log.open("w") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
     if code != 0:
-        raise SystemExit(f"{app.name} at {supernodes} SuperNodes failed ({code}); see {log}")
+        raise SystemExit(f"{log.stem} SuperNodes failed ({code}); see {log}")
     return memory.added_gb
 
 

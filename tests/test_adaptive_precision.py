@@ -118,7 +118,7 @@ def test_a_run_with_a_budget_sends_replies_within_it(tmp_path, tiny_run_config: 
                 **tiny_run_config,
                 "strategy": "flocora",
                 "quant-bits": 8,
-                "num-server-rounds": 2,
+                "num-server-rounds": 1,
                 "fraction-train": 0.5,
                 "output-dir": str(tmp_path),
                 "run-name": name,
@@ -128,7 +128,7 @@ def test_a_run_with_a_budget_sends_replies_within_it(tmp_path, tiny_run_config: 
         run(LocalGrid(cfg.to_run_config(), 4), cfg)
         lines = (tmp_path / name / "rounds.jsonl").read_text().splitlines()
         rounds = [json.loads(x) for x in lines]
-        assert [r["rejected_replies"] + r["failed_replies"] for r in rounds] == [0, 0]
+        assert [r["rejected_replies"] + r["failed_replies"] for r in rounds] == [0]
         return [r["bytes_up"] / r["replies"] for r in rounds]
 
     # The tiny CNN's 342 values: a container of 742 B at 8 bits, 588 at 4; a budget of 600

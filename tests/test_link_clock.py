@@ -84,7 +84,7 @@ def test_a_clocked_run_is_the_same_run_for_the_same_seed(
             {
                 **tiny_run_config,
                 "strategy": "flocora",
-                "num-server-rounds": 2,
+                "num-server-rounds": 1,
                 "fraction-train": 0.5,
                 "over-selection": 0.5,
                 "link-profile": "3g",

@@ -34,7 +34,7 @@ from flora_app.task import (
     partition_of,
 )
 from flora_app.tiers import TIER_KEY
-from strategies.choices import RANK_KEY
+from strategies.choices import DOWNLINK_MBPS_KEY, RANK_KEY, UPLINK_MBPS_KEY
 from strategies.mod import client_clipping_mod, compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
 
@@ -143,5 +143,9 @@ def query(msg: Message, context: Context) -> Message:
     tier = context.node_config.get(TIER_KEY)
     if isinstance(tier, int) and not isinstance(tier, bool):
         answer[TIER_KEY] = tier  # a deployed device's declared tier (flora_app.tiers)
+    for key in (DOWNLINK_MBPS_KEY, UPLINK_MBPS_KEY):  # its declared link (link-profile)
+        value = context.node_config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            answer[key] = float(value)
     content = RecordDict({"metrics": MetricRecord(answer)})
     return Message(content=content, reply_to=msg)

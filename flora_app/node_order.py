@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 
 from flora_app.task import ASK_KEY, ASK_PARTITION
 from flora_app.tiers import TIER_KEY
+from strategies.choices import DOWNLINK_MBPS_KEY, UPLINK_MBPS_KEY
 from strategies.grid_view import GridView
 
 QUERY_TIMEOUT = 120.0
@@ -28,6 +29,12 @@ QUERY_TIMEOUT = 120.0
 
 def _index(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _rate(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+    )
 
 
 def partition_query() -> RecordDict:
@@ -46,6 +53,7 @@ class PartitionOrderedGrid(GridView):
         self._timeout = timeout
         self._partition: dict[int, int] = {}
         self._tier: dict[int, int] = {}  # tiers nodes declared in their node config
+        self._link: dict[int, tuple[float, float]] = {}  # declared (down, up) Mbit/s
         self._silent: set[int] = set()  # asked, no usable answer: ordered last, not re-asked
 
     def _learn(self, nodes: list[int]) -> None:
@@ -59,6 +67,7 @@ class PartitionOrderedGrid(GridView):
         for reply in self._grid.send_and_receive(asks, timeout=self._timeout):
             node = reply.metadata.src_node_id
             value = tier = None
+            metrics = {}
             if not reply.has_error():
                 metrics = reply.content.get("metrics", {})
                 value, tier = metrics.get(ASK_PARTITION), metrics.get(TIER_KEY)
@@ -66,6 +75,9 @@ class PartitionOrderedGrid(GridView):
                 self._partition[node] = value
             if _index(tier):
                 self._tier[node] = tier
+            down, up = metrics.get(DOWNLINK_MBPS_KEY), metrics.get(UPLINK_MBPS_KEY)
+            if _rate(down) and _rate(up):
+                self._link[node] = (float(down), float(up))
         for node in unknown:
             if node not in self._partition:
                 self._silent.add(node)
@@ -76,6 +88,10 @@ class PartitionOrderedGrid(GridView):
 
     def declared_tier(self, node: int) -> int | None:
         return self._tier.get(node)
+
+    def declared_link(self, node: int) -> tuple[float, float] | None:
+        """(down, up) Mbit/s the node declared in its node config, if it did."""
+        return self._link.get(node)
 
     def known_partitions(self) -> list[int]:
         return sorted(set(self._partition.values()))

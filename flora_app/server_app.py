@@ -162,6 +162,9 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
         profile = PROFILES[cfg.robustness.link_profile]
 
         def link_of(node: int) -> Link | None:
+            declared = ordered.declared_link(node)  # a deployed device's own (node config)
+            if declared is not None:
+                return Link(declared[0] * 1e6, declared[1] * 1e6, profile.rtt_s)
             partition = ordered.partition_of(node)
             return None if partition is None else node_link(profile, cfg.run.seed, partition)
 

@@ -19,3 +19,8 @@ RANK_KEY = "lora-rank"
 
 # link-profile's values (``strategies.links``): none (no simulated clock) or a profile's name.
 LINK_PROFILES = ("none", *PROFILES)
+
+# Node-config keys a deployed SuperNode declares its link with (Mbit/s each way); the server's
+# simulated clock (``strategies.link_clock``) then uses them instead of a profile's draw.
+DOWNLINK_MBPS_KEY = "downlink-mbps"
+UPLINK_MBPS_KEY = "uplink-mbps"

@@ -103,3 +103,34 @@ def test_a_clocked_run_is_the_same_run_for_the_same_seed(
         for rounds in runs
     ]
     assert untimed[0] == untimed[1]
+
+
+def test_a_device_that_declares_its_link_is_timed_over_it(
+    tmp_path: Path, tiny_run_config: dict
+) -> None:
+    """A deployed SuperNode may declare its link in its node config (downlink-mbps,
+    uplink-mbps); the clock uses that instead of the profile's draw. Every node is sampled
+    (4 for a target of 2) and three declare 1 kbit/s each way: the round keeps the one node on
+    a drawn LTE link and must wait for one of the slow three."""
+    cfg = FloraConfig.from_run_config(
+        {
+            **tiny_run_config,
+            "strategy": "flocora",
+            "num-server-rounds": 1,
+            "fraction-train": 0.5,
+            "over-selection": 1.0,
+            "link-profile": "lte",
+            "output-dir": str(tmp_path),
+            "run-name": "declared",
+        }
+    )
+    grid = LocalGrid(cfg.to_run_config(), 4)
+    for node in grid.node_ids[1:]:
+        grid.contexts[node].node_config.update({"downlink-mbps": 0.001, "uplink-mbps": 0.001})
+    run(grid, cfg)
+    lines = (tmp_path / "declared" / "rounds.jsonl").read_text().splitlines()
+    (record,) = [json.loads(x) for x in lines]
+    assert record["clients"] == 4
+    assert record["spare_replies"] == 2 and record["aggregated_replies"] == 2
+    # a few kB each way at 1,000 bit/s: tens of seconds, where LTE links take a fraction of one
+    assert record["sim_round_seconds"] > 20.0, record

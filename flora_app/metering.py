@@ -102,6 +102,9 @@ class MeteredGrid(GridView):
         self._train: dict[int, list[int]] = {}
 
     def _add(self, messages: Iterable[Message], direction: str) -> None:
+        messages = list(messages)
+        if direction == "down" and any(_category(m) == "train" for m in messages):
+            self._train.clear()  # a new training exchange
         for msg in messages:
             key = (_category(msg), direction)
             size = message_wire_bytes(msg)
@@ -129,8 +132,6 @@ class MeteredGrid(GridView):
     # --- what is counted; the rest of the Grid API is forwarded by GridView ----------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
-        if any(_category(m) == "train" for m in messages):
-            self._train.clear()
         ids = self._grid.push_messages(messages)
         self._add(messages, "down")
         return ids
@@ -144,8 +145,6 @@ class MeteredGrid(GridView):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
-        if any(_category(m) == "train" for m in messages):
-            self._train.clear()
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         self._add(messages, "down")
         self._add(replies, "up")

@@ -15,46 +15,23 @@ leaves out, and says so in the report: the evaluate phase's traffic (as the MB c
 server's own time, and differences in compute between clients (``compute`` is the round's mean
 client time, measured on the benchmark machine, where clients shared two cores).
 
-The profiles are assumptions, not measurements; their numbers are typical medians:
-``lte`` 20 Mbit/s down, 5 up, 50 ms round trip (mobile broadband, good coverage); ``3g``
-2 / 0.5 Mbit/s, 200 ms (rural or congested cells, IoT gateways); both with sigma 0.7 between
-clients (a factor of 2 either way covers about two thirds of them).
+The profiles are the simulation's own (``strategies.links``: assumptions, not measurements).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from strategies.links import PROFILES, Link, LinkProfile
 
-@dataclass(frozen=True)
-class LinkProfile:
-    """Median bandwidths (Mbit/s), round-trip latency (s) and the spread between clients."""
-
-    name: str
-    down_mbps: float
-    up_mbps: float
-    rtt_s: float
-    spread: float = 0.7
-
-    def __post_init__(self) -> None:
-        if min(self.down_mbps, self.up_mbps) <= 0 or self.rtt_s < 0 or self.spread < 0:
-            raise ValueError(f"link profile {self.name!r}: bandwidths > 0, rtt and spread >= 0")
-
-
-PROFILES: dict[str, LinkProfile] = {
-    "lte": LinkProfile("lte", down_mbps=20.0, up_mbps=5.0, rtt_s=0.05),
-    "3g": LinkProfile("3g", down_mbps=2.0, up_mbps=0.5, rtt_s=0.2),
-}
+__all__ = ["PROFILES", "LinkProfile", "cumulative_seconds", "round_seconds"]
 
 
 def _rng(profile: LinkProfile, seed: int, round_number: int) -> np.random.Generator:
-    key = int.from_bytes(hashlib.sha256(profile.name.encode()).digest()[:8], "little")
-    return np.random.default_rng([key, seed, round_number])
+    return np.random.default_rng([profile.key(), seed, round_number])
 
 
 def round_seconds(record: Mapping[str, Any], profile: LinkProfile, seed: int) -> float:
@@ -69,10 +46,11 @@ def round_seconds(record: Mapping[str, Any], profile: LinkProfile, seed: int) ->
     factors = np.exp(
         _rng(profile, seed, int(record.get("round", 0))).normal(0.0, profile.spread, (2, clients))
     )
-    down_bps = profile.down_mbps * 1e6 * factors[0]
-    up_bps = profile.up_mbps * 1e6 * factors[1]
-    per_client = 2 * profile.rtt_s + 8 * down / down_bps + compute + 8 * up / up_bps
-    return float(per_client.max())
+    # One Link of arrays: every client of the round at once, by the simulation's formula.
+    links = Link(
+        profile.down_mbps * 1e6 * factors[0], profile.up_mbps * 1e6 * factors[1], profile.rtt_s
+    )
+    return float(np.max(links.seconds(down, compute, up)))
 
 
 def cumulative_seconds(

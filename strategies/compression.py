@@ -251,16 +251,20 @@ class CompressionStrategy(Strategy):
         if not train:
             codec = self.evaluate_downlink
             return encode_content(content, codec, make_header(codec.spec))
-        header = make_header(
+        out = encode_content(content, self.downlink, self._train_header(uplink))
+        for record in out.array_records.values():
+            self._note_payload("down_", record)
+        return out
+
+    def _train_header(self, uplink: str, **extra: str) -> ConfigRecord:
+        """A training message's header: its codec, and how the node must reply."""
+        return make_header(
             self.downlink.spec,
             reply_codec=uplink,
             reply=self.reply,
             error_feedback=self.error_feedback,
+            **extra,
         )
-        out = encode_content(content, self.downlink, header)
-        for record in out.array_records.values():
-            self._note_payload("down_", record)
-        return out
 
     def _encode_change(self, content: RecordDict, node: int, uplink: str) -> RecordDict:
         """``content`` for one node, its adapters as the coded change from that node's copy;
@@ -283,16 +287,9 @@ class CompressionStrategy(Strategy):
         self._mirrors[node] = OrderedDict((k, held[k] + sent[k]) for k in target)
         while len(self._mirrors) > self.MAX_MIRRORED_NODES:
             self._mirrors.popitem(last=False)
-        header = make_header(
-            self.downlink.spec,
-            reply_codec=uplink,
-            reply=self.reply,
-            error_feedback=self.error_feedback,
-            delta_base=base,
-        )
         out = RecordDict({k: v for k, v in content.items() if k != arrays_key})
         out[arrays_key] = blob_to_record(blob)
-        out[HEADER_KEY] = header
+        out[HEADER_KEY] = self._train_header(uplink, delta_base=base)
         self._note_payload("down_", out[arrays_key])
         return out
 

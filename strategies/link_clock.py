@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import Strategy
 
 from strategies.chain import Forwarding
 from strategies.links import ARRIVAL_KEY, Link
@@ -41,7 +42,7 @@ class LinkClock(Forwarding):
 
     def __init__(
         self,
-        strategy,  # type: ignore[no-untyped-def]
+        strategy: Strategy,
         *,
         link_of: Callable[[int], Link | None],
         bytes_of: Callable[[int], tuple[int, int]],

@@ -50,7 +50,8 @@ PROFILES: dict[str, LinkProfile] = {
 
 @dataclass(frozen=True)
 class Link:
-    """One device's link: bits per second each way and the round trip."""
+    """One device's link: bits per second each way and the round trip. Arrays of bandwidths
+    time many devices at once (the report's replay, ``flora_tools.link_model``)."""
 
     down_bps: float
     up_bps: float

@@ -77,9 +77,8 @@ def _rebuilt(content: RecordDict, base: str, context: Context) -> None:
             )
     else:
         copy = OrderedDict((k, np.zeros_like(v)) for k, v in change.items())
-    rebuilt = OrderedDict((k, copy[k] + change[k]) for k in change)
-    content[key] = numpy_to_record(rebuilt)
-    context.state[HELD_KEY] = numpy_to_record(rebuilt)
+    rebuilt = numpy_to_record(OrderedDict((k, copy[k] + change[k]) for k in change))
+    content[key] = context.state[HELD_KEY] = rebuilt  # one record: its Arrays are immutable
 
 
 def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -472,7 +472,6 @@ class AffineCodec(Codec):
                 break
         # Over budget even at 1 bit everywhere: the least there is (``accepts_message``).
         return best[1] if best is not None else widths
-        return widths
 
     def _encode_tensor(self, name: str, x: np.ndarray, plan: object) -> tuple[Entry, bytes]:
         shape = tuple(int(d) for d in x.shape)
@@ -661,23 +660,22 @@ def get_codec(spec: str) -> Codec:
             budget = int(params.pop("budget", "0"))
         except (KeyError, ValueError):
             raise CodecError(f"malformed codec {spec!r}") from None
-        # One name per codec: defaults (fp32 vectors, no budget) are never spelled out.
-        parts = spec.split(":")
-        spelled_default = f"vec={VECTOR_MODES[0]}" in parts or any(
-            p.startswith("budget=") and budget <= 0 for p in parts
-        )
-        if params or gran not in GRANULARITIES or vectors not in VECTOR_MODES or spelled_default:
+        # One name per codec: the canonical one, in order, defaults (fp32 vectors, no budget)
+        # never spelled out. (Widths outside 1..8 and unknown metas get their own error below.)
+        if (
+            params
+            or gran not in GRANULARITIES
+            or vectors not in VECTOR_MODES
+            or (bits in AFFINE_BITS and spec != codec_spec(bits, gran, meta, vectors, budget))
+        ):
             raise CodecError(f"malformed codec {spec!r}")
-        codec = AffineCodec(
+        return AffineCodec(
             bits,
             per_channel=gran == "channel",
             meta=meta,
             keep_1d=vectors == VECTOR_MODES[0],
             budget=budget,
         )
-        if codec.spec != spec:  # parameters out of their canonical order
-            raise CodecError(f"malformed codec {spec!r}")
-        return codec
     if spec.startswith("topk:"):
         try:
             params = dict(part.split("=", 1) for part in spec.split(":")[1:])

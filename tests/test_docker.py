@@ -1,4 +1,4 @@
-"""The Docker files, checked without a Docker engine (none runs here).
+"""The Docker files, checked without a Docker engine (``make docker-test`` runs them for real).
 
 What can be checked is checked against the real thing: the compose files parse; every service's
 command uses only flags that the installed ``flower-superlink`` / ``flower-supernode`` /
@@ -239,7 +239,9 @@ def _locked() -> dict[str, str]:
 
 def test_image_versions_come_from_the_lock_file() -> None:
     """The images install the lock's versions: flwr through the base image tag (the same
-    version as the lock's), everything else from requirements.lock itself."""
+    version as the lock's), everything else with requirements.lock as pip's constraint, so no
+    second file names a version. (``make docker-test`` lists the built image's packages and
+    compares each with the lock.)"""
     locked = _locked()
     flwr = locked["flwr"]
     dockerfile = (DOCKER / "Dockerfile").read_text()
@@ -247,26 +249,45 @@ def test_image_versions_come_from_the_lock_file() -> None:
     for name in sorted({f for files in VARIANTS.values() for f in files}):
         for found in re.findall(r"\$\{FLWR_VERSION:-([^}]+)\}", (DOCKER / name).read_text()):
             assert found == flwr, f"{name} pins flwr {found}, the lock has {flwr}"
-    assert "COPY --chown=app:app requirements.lock" in dockerfile
-    assert "--no-deps -r /tmp/image-requirements.txt" in dockerfile
-    assert "TORCH_VERSION" not in dockerfile  # no second place naming torch
-    assert "download.pytorch.org/whl/cpu" in dockerfile  # CPU builds of the lock's versions
-    # Run the Dockerfile's own filter on the lock: every pin survives, as the same version,
-    # except flwr (the base image's), Ray, CUDA libraries, and torch/torchvision as +cpu.
-    command = re.search(r"RUN (grep -vE .*?) > /tmp/image-requirements.txt", dockerfile, re.S)
-    script = command.group(1).replace("\\\n", " ")
-    image = subprocess.run(
-        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", image, flags=re.MULTILINE))
-    pinned = {k.lower(): v for k, v in pinned.items()}
-    for package, version_ in locked.items():
-        if package in ("flwr", "ray", "triton") or package.startswith("nvidia-"):
-            assert package not in pinned
-        elif package in ("torch", "torchvision"):
-            assert pinned[package] == f"{version_}+cpu"
-        else:
-            assert pinned[package] == version_, package
+    assert "COPY --chown=app:app pyproject.toml README.md requirements.lock" in dockerfile
+    install = re.search(r"^RUN --mount=type=bind,source=docker/wheels.*?(?=^\S)", dockerfile,
+                        flags=re.S | re.M).group(0)  # fmt: skip
+    assert "--constraint requirements.lock ." in install
+    assert "--find-links /wheels" in install
+    # No version, index or torch variant spelled anywhere but the lock.
+    assert not re.search(r"==|\+cpu|download\.pytorch\.org|TORCH", dockerfile)
+    assert "chown -R" not in dockerfile  # files are copied owned by `app`: no duplicate layer
+
+
+def test_base_images_are_build_arguments_with_local_stand_ins() -> None:
+    """docker/Dockerfile builds on Flower's images by default and on any image given as
+    SUPERLINK_IMAGE / SUPEREXEC_IMAGE; docker/local-bases.Dockerfile's stand-ins carry the
+    entrypoint each compose service relies on, the `app` user and the lock's flwr."""
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert "ARG SUPERLINK_IMAGE=flwr/superlink:${FLWR_VERSION}-${PYTHON_TAG}" in dockerfile
+    assert "ARG SUPEREXEC_IMAGE=flwr/superexec:${FLWR_VERSION}-${PYTHON_TAG}" in dockerfile
+    assert "FROM ${SUPERLINK_IMAGE} AS superlink" in dockerfile
+    assert "FROM ${SUPEREXEC_IMAGE} AS app" in dockerfile
+    local = (DOCKER / "local-bases.Dockerfile").read_text()
+    for target in ("superlink", "supernode", "superexec"):
+        stage = re.search(rf"^FROM python AS {target}\n(.*?)(?=^FROM|\Z)", local, re.S | re.M)
+        assert stage, target
+        assert f'ENTRYPOINT ["flower-{target}"]' in stage.group(1)
+    assert "--uid 49999" in local and "USER app" in local
+    assert "--no-index --find-links /wheels" in local
+    assert "--constraint /tmp/requirements.lock flwr" in local
+    ignore = (DOCKER / "local-bases.Dockerfile.dockerignore").read_text().split()
+    assert ignore[ignore.index("*") :] == ["*", "!requirements.lock", "!docker/wheels"]
+    # The wheelhouse both Dockerfiles bind-mount exists in a fresh clone.
+    assert (DOCKER / "wheels" / "README.md").is_file()
+
+
+def test_compose_files_work_with_compose_v1() -> None:
+    """Compose v1 (docker-compose 1.29) rejects a top-level ``name:``; the project name comes
+    from docker/.env, which both versions read from the compose files' folder."""
+    for name in sorted({f for files in VARIANTS.values() for f in files}):
+        assert "name" not in yaml.safe_load((DOCKER / name).read_text()), name
+    assert "COMPOSE_PROJECT_NAME=flora" in (DOCKER / ".env").read_text().splitlines()
 
 
 def test_the_installed_environment_is_the_lock_file() -> None:

@@ -38,12 +38,16 @@ class DockerError(RuntimeError):
     """Something ``make docker-test`` needs is missing or failed; the message says what."""
 
 
-def _run(argv: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run_checked(
+    argv: Sequence[str | Path], what: str | None = None, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with its output captured; a non-zero exit raises one :class:`DockerError`
+    line naming ``what`` (default: the command and its first argument) and the output's tail."""
     proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise DockerError(f"{Path(str(argv[0])).name} {argv[1] if len(argv) > 1 else ''} "
-                          f"failed ({proc.returncode}): {' | '.join(tail)}")  # fmt: skip
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-5:]
+        what = what or f"{Path(str(argv[0])).name} {argv[1] if len(argv) > 1 else ''}".strip()
+        raise DockerError(f"{what} failed ({proc.returncode}): {' | '.join(tail)}")
     return proc
 
 
@@ -58,7 +62,7 @@ def ensure_host_packages(commands: Mapping[str, str] = HOST_PACKAGES) -> None:
             f"`apt-get install --no-install-recommends {' '.join(missing)}` first"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env)
+    run_checked(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env)
 
 
 def ensure_plugins(config_dir: Path) -> Path:
@@ -82,10 +86,10 @@ def ensure_plugins(config_dir: Path) -> Path:
             "-o", "Dir::Cache::srcpkgcache=",
             "-o", "APT::Sandbox::User=root",
         ]  # fmt: skip
-        _run([*apt, "update"])
-        _run([*apt, "download", *PLUGIN_PACKAGES.values()], cwd=work)
+        run_checked([*apt, "update"])
+        run_checked([*apt, "download", *PLUGIN_PACKAGES.values()], cwd=work)
         for deb in work.glob("*.deb"):
-            _run(["dpkg-deb", "-x", deb, work / "root"])
+            run_checked(["dpkg-deb", "-x", deb, work / "root"])
         plugins.mkdir(parents=True, exist_ok=True)
         for name in PLUGIN_PACKAGES:
             found = list((work / "root").rglob(f"cli-plugins/{name}"))
@@ -99,8 +103,8 @@ def network_snapshot() -> dict[str, str]:
     """The host network state a Docker daemon may change: interfaces and their addresses,
     IPv4 forwarding and the iptables rules (without packet counters)."""
     snap = {
-        "links": _run(["ip", "-br", "link"]).stdout,
-        "addresses": _run(["ip", "-br", "addr"]).stdout,
+        "links": run_checked(["ip", "-br", "link"]).stdout,
+        "addresses": run_checked(["ip", "-br", "addr"]).stdout,
         "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
     }
     if shutil.which("iptables-save"):
@@ -183,7 +187,7 @@ class Engine:
         self, *args: str | Path, timeout: float | None = None, **kwargs: object
     ) -> subprocess.CompletedProcess[str]:
         """``docker <args>`` against this daemon; raises :class:`DockerError` on failure."""
-        return _run(["docker", *args], env=self.env, timeout=timeout, **kwargs)
+        return run_checked(["docker", *args], env=self.env, timeout=timeout, **kwargs)
 
     def has_image(self, tag: str) -> bool:
         probe = subprocess.run(

@@ -32,6 +32,7 @@ from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 
+from flora_tools import lockfile
 from flora_tools.deployment import flwr_cli
 from flora_tools.deployment.processes import free_port, wait_or_kill, wait_until
 from flora_tools.docker_engine import (
@@ -42,13 +43,14 @@ from flora_tools.docker_engine import (
     ensure_plugins,
     network_changes,
     network_snapshot,
+    run_checked,
 )
 from flora_tools.preflight import require_valid_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 WHEELS = DOCKER / "wheels"
-LOCK = ROOT / "requirements.lock"
+LOCK = lockfile.LOCK
 COMPOSE_FILES = ("compose.yml", "with-tls.yml")
 PROJECT = "flora-docker-test"
 CONNECTION = "flora-docker"
@@ -70,20 +72,8 @@ def download_wheels(dest: Path = WHEELS) -> None:
     """Every pin of the lock as a file in ``dest``: what the image builds install from."""
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "off",
-           "-q", "-r", str(LOCK), "-d", str(dest)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise DockerError(f"pip download of the lock failed: {proc.stderr.strip()[-500:]}")
-
-
-def locked_versions() -> dict[str, str]:
-    """``{normalised name: version}`` of every pin in requirements.lock."""
-    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", LOCK.read_text(), flags=re.MULTILINE)
-    return {_normalise(name): pinned for name, pinned in pins}
-
-
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+           "-q", "-r", LOCK, "-d", dest]  # fmt: skip
+    run_checked(cmd, what="pip download of the lock")
 
 
 def import_debian(engine: Engine, workdir: Path) -> None:
@@ -94,9 +84,7 @@ def import_debian(engine: Engine, workdir: Path) -> None:
     say(f"debootstrap bookworm into {rootfs} (about a minute)")
     cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
            "bookworm", str(rootfs), DEBIAN_MIRROR]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise DockerError(f"debootstrap failed: {proc.stdout.strip()[-500:]}")
+    run_checked(cmd, what="debootstrap")
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
         shutil.rmtree(rootfs / junk, ignore_errors=True)
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
@@ -116,13 +104,11 @@ def build(engine: Engine, dockerfile: str, target: str, tag: str, **build_args: 
     return time.monotonic() - start
 
 
-def compose(engine: Engine, env: dict[str, str], *args: str, timeout: float = 600.0) -> str:
+def compose(env: dict[str, str], *args: str, timeout: float = 600.0) -> str:
+    """``docker compose`` on the test's project and compose files; its stdout."""
     files = [a for f in COMPOSE_FILES for a in ("-f", str(DOCKER / f))]
     cmd = ["docker", "compose", "-p", PROJECT, *files, *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise DockerError(f"docker compose {args[0]} failed: {proc.stderr.strip()[-800:]}")
-    return proc.stdout
+    return run_checked(cmd, what=f"docker compose {args[0]}", env=env, timeout=timeout).stdout
 
 
 def build_images(engine: Engine, services: dict[str, dict]) -> None:
@@ -159,10 +145,10 @@ def check_image_is_the_lock(engine: Engine, image: str) -> None:
     """Every Python package in ``image`` at the lock's version (flora itself aside)."""
     listed = engine.docker("run", "--rm", "--network", "none", "--entrypoint", "python", image,
                            "-m", "pip", "list", "--format", "json").stdout  # fmt: skip
-    locked = locked_versions()
+    locked = lockfile.locked_versions()
     wrong = []
     for pkg in json.loads(listed):
-        name = _normalise(pkg["name"])
+        name = lockfile.normalise(pkg["name"])
         if name not in ("flora", "pip") and locked.get(name) != pkg["version"]:
             wrong.append(f"{name} {pkg['version']} (lock: {locked.get(name, 'absent')})")
     if wrong:
@@ -199,14 +185,14 @@ def docker_test(args: argparse.Namespace, engine: Engine) -> int:
 
     port = free_port()
     certs = workdir / "certificates"
-    subprocess.run([str(DOCKER / "gen-certs.sh"), str(certs)], check=True, capture_output=True)
+    run_checked([DOCKER / "gen-certs.sh", certs], what="docker/gen-certs.sh")
     env = {**engine.env, "SUPERLINK_PORT": str(port), "FLORA_CERTIFICATES": str(certs)}
-    services = json.loads(compose(engine, env, "config", "--format", "json"))["services"]
+    services = json.loads(compose(env, "config", "--format", "json"))["services"]
     build_images(engine, services)
     check_image_is_the_lock(engine, services["superexec-serverapp"]["image"])
 
     args.compose_env = env
-    compose(engine, env, "up", "-d", "--no-build")
+    compose(env, "up", "-d", "--no-build")
     say(f"compose up: {len(services)} containers, SuperLink on 127.0.0.1:{port} over TLS")
     cli_env = flwr_cli.process_env(workdir / "home", workdir, Path(sys.executable).parent)
     flwr_cli.write_connection(workdir / "home", CONNECTION, f"127.0.0.1:{port}", certs / "ca.crt")
@@ -240,7 +226,7 @@ def docker_test(args: argparse.Namespace, engine: Engine) -> int:
         raise DockerError(f"the run ended {status}: {run.get('status-details')} (log {log})")
 
     outputs = workdir / "outputs"
-    compose(engine, env, "cp", "superexec-serverapp:/app/outputs", str(outputs))
+    compose(env, "cp", "superexec-serverapp:/app/outputs", str(outputs))
     check_run_folder(outputs, rounds)
     return 0
 
@@ -250,11 +236,11 @@ def cleanup(args: argparse.Namespace, engine: Engine, before: dict[str, str], co
     env = getattr(args, "compose_env", None)
     if env is not None:
         try:
-            (args.workdir / "compose.log").write_text(compose(engine, env, "logs", "--no-color"))
+            (args.workdir / "compose.log").write_text(compose(env, "logs", "--no-color"))
         except (DockerError, subprocess.TimeoutExpired) as exc:
             say(f"compose logs failed: {exc}")
         try:
-            compose(engine, env, "down", "-v", "--remove-orphans", "--timeout", "20")
+            compose(env, "down", "-v", "--remove-orphans", "--timeout", "20")
             say(f"compose down (logs in {args.workdir / 'compose.log'})")
         except (DockerError, subprocess.TimeoutExpired) as exc:
             say(f"compose down failed: {exc}")

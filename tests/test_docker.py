@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
+from flora_tools.lockfile import locked_versions, normalise
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 VARIANTS = {
@@ -228,21 +230,12 @@ def test_dockerfile_stages_and_copied_paths_exist() -> None:
     assert 'ENTRYPOINT ["flower-superexec"]' in dockerfile
 
 
-def _locked() -> dict[str, str]:
-    """``{package: version}`` from requirements.lock."""
-    text = (ROOT / "requirements.lock").read_text()
-    return {
-        m.group(1).lower(): m.group(2)
-        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)", text, flags=re.MULTILINE)
-    }
-
-
 def test_image_versions_come_from_the_lock_file() -> None:
     """The images install the lock's versions: flwr through the base image tag (the same
     version as the lock's), everything else with requirements.lock as pip's constraint, so no
     second file names a version. (``make docker-test`` lists the built image's packages and
     compares each with the lock.)"""
-    locked = _locked()
+    locked = locked_versions()
     flwr = locked["flwr"]
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert f"ARG FLWR_VERSION={flwr}" in dockerfile
@@ -292,16 +285,15 @@ def test_compose_files_work_with_compose_v1() -> None:
 
 def test_the_installed_environment_is_the_lock_file() -> None:
     """What the tests run on is exactly what a fresh clone installs (make install)."""
-    locked = _locked()
+    locked = locked_versions()
     assert version("flwr") == locked["flwr"] and version("torch") == locked["torch"]
     for package, pinned in locked.items():
         assert version(package) == pinned, f"{package}: installed {version(package)}, lock {pinned}"
     from importlib.metadata import distributions
 
     # Nothing beyond the lock: the project itself, and pip (pinned in the Makefile).
-    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower() for d in distributions()}
-    normalised = {re.sub(r"[-_.]+", "-", name) for name in locked}
-    assert installed - normalised <= {"flora", "pip"}, sorted(installed - normalised)
+    installed = {normalise(d.metadata["Name"]) for d in distributions()}
+    assert installed - set(locked) <= {"flora", "pip"}, sorted(installed - set(locked))
 
 
 def test_gen_certs_makes_every_file_the_compose_files_mount(tmp_path: Path) -> None:

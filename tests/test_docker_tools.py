@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flora_tools import docker_test
-from flora_tools.docker_engine import DockerError, network_changes, network_snapshot
+from flora_tools import docker_test, lockfile
+from flora_tools.docker_engine import DockerError, network_changes, network_snapshot, run_checked
 
 
 def test_network_snapshot_is_stable_and_changes_are_named() -> None:
@@ -25,10 +25,25 @@ def test_network_snapshot_is_stable_and_changes_are_named() -> None:
     assert [c.split(":")[0] for c in network_changes(before, forward)] == ["ip_forward"]
 
 
-def test_locked_versions_are_the_lock_file() -> None:
-    locked = docker_test.locked_versions()
+def test_locked_versions_are_the_lock_file(tmp_path: Path) -> None:
+    locked = lockfile.locked_versions()
     assert locked["flwr"] and locked["torch"] and locked["flwr-datasets"]
-    assert all(name == name.lower() and "_" not in name for name in locked)
+    assert all(name == lockfile.normalise(name) for name in locked)
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(
+        "# comment\nTyping_Extensions==4.12.2 \\\n    --hash=sha256:ab\nzope.interface==7.0\n"
+    )
+    assert lockfile.locked_versions(lock) == {
+        "typing-extensions": "4.12.2",
+        "zope-interface": "7.0",
+    }
+
+
+def test_a_failing_command_is_one_line_naming_it() -> None:
+    with pytest.raises(DockerError, match=r"^the probe failed \(3\): second$"):
+        run_checked(["sh", "-c", "echo first; echo second >&2; exit 3"], what="the probe")
+    with pytest.raises(DockerError, match=r"^sh -c failed \(1\): only stdout$"):
+        run_checked(["sh", "-c", "echo only stdout; exit 1"])
 
 
 def _run_folder(root: Path, rounds: list[int], summary: bool = True) -> Path:

@@ -7,6 +7,11 @@ file knows no strategy and no codec.
 
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -16,6 +21,7 @@ from flora_app.config import FloraConfig
 from flora_app.ml.batchnorm import measure_batchnorm_statistics
 from flora_app.ml.data import Split
 from flora_app.ml.lora import (
+    ModelSpec,
     base_fingerprint_of,
     build_trainable,
     exchanged_state,
@@ -35,13 +41,35 @@ from flora_app.task import (
 )
 from flora_app.tiers import TIER_KEY
 from strategies.choices import DOWNLINK_MBPS_KEY, RANK_KEY, UPLINK_MBPS_KEY
-from strategies.mod import client_clipping_mod, compression_mod
+from strategies.mod import client_clipping_mod, make_compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
 
+
+@functools.lru_cache(maxsize=2)
+def _initial_adapters(spec: ModelSpec) -> OrderedDict[str, np.ndarray]:
+    return exchanged_state(build_trainable(spec), spec)
+
+
+def initial_adapters(context: Context) -> Mapping[str, np.ndarray]:
+    """The adapters this node holds before its first message: the run's seeded initial ones,
+    built exactly as the ServerApp builds them (``flora_app.ml.lora.build_trainable``), so a
+    downlink delta can start from them (``strategies.mod.make_compression_mod``)."""
+    cfg = FloraConfig.from_run_config(context.run_config)
+    dataset, _, _ = load_client_data(cfg, context.node_config)
+    return _initial_adapters(model_spec(cfg, dataset))
+
+
 # chaos_mod is outermost, so with ``chaos-clients`` it spoils the reply as it would travel;
-# attack_mod is inside compression_mod, so the codec encodes the attacked reply, and outside
+# attack_mod is inside the compression mod, so the codec encodes the attacked reply, and outside
 # client_clipping_mod (DP with dp-clipping='client'), as an attacker would skip the clipping.
-app = ClientApp(mods=[chaos_mod, compression_mod, attack_mod, client_clipping_mod])
+app = ClientApp(
+    mods=[
+        chaos_mod,
+        make_compression_mod(origin=initial_adapters),
+        attack_mod,
+        client_clipping_mod,
+    ]
+)
 
 
 class BaseModelMismatchError(RuntimeError):

@@ -356,8 +356,8 @@ class CompressionSection(Section):
     downlink_delta: bool = key(
         False,
         "send each training node the coded change from the copy of the global adapters it "
-        "holds, not a coded copy: less error at the same bits (the server mirrors each node's "
-        "copy)",
+        "holds (a new node: from the run's initial adapters), not a coded copy: less error at "
+        "the same bits (the server mirrors each node's copy)",
     )
     tiers: str = key(
         "",

@@ -34,7 +34,6 @@ from flora_app.ml.lora import (
 from flora_app.ml.training import evaluate
 from flora_app.results import RunRecorder
 from strategies.chain import innermost, take_round_metrics
-from strategies.codecs import decode_blob
 from strategies.compression import CompressionStrategy
 from strategies.optimizer_state import optimizer_state
 from strategies.validation import RejectedReplyError, check_count
@@ -118,10 +117,10 @@ class RoundKeeper:
     def _downlink_accuracy(
         self, dense: dict[str, np.ndarray], pooled: dict[str, np.ndarray]
     ) -> dict[str, float]:
-        """Accuracy of the global model as the downlink codec delivers it."""
+        """Accuracy of the global model as a node sampled for the first time rebuilds it."""
         if self._received_model is None:
             return {}
-        received = decode_blob(self.strategy.downlink.encode(dense))
+        received = self.strategy.first_copy(dense)
         load_exchanged_state(self._received_model, self.spec, received)
         load_running_statistics(self._received_model, self.spec, pooled)
         _, accuracy = evaluate(self._received_model, self.test)

@@ -114,6 +114,9 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
         NodeTiers(tiers, cfg.run.seed, ordered) if tiers else None,
         NodeTiers(ranks, cfg.run.seed, ordered) if ranks else None,
     )
+    # What every node rebuilds before its first message (flora_app.client_app's origin), also
+    # when resuming: downlink changes to new nodes start from it.
+    strategy.set_delta_origin(initial)
 
     total_params = base_parameter_count(spec)
     run_info = {

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 
 import numpy as np
@@ -111,7 +111,9 @@ class CompressionStrategy(Strategy):
         a bit-exact mirror of each node's copy (``MAX_MIRRORED_NODES``, least recently sampled
         dropped first) and names it by digest in the header; a node whose copy differs (a
         restarted SuperNode) answers with an error, and a node without a mirror gets a full
-        copy (the change from zeros). Evaluation messages are sent as without it.
+        copy (the change from zeros), or, once :meth:`set_delta_origin` gave the adapters every
+        node can rebuild before its first message, the change from those. Evaluation messages
+        are sent as without it.
     """
 
     # The mirrors of what nodes hold cost one adapter copy each on the server (a few MB for
@@ -167,6 +169,40 @@ class CompressionStrategy(Strategy):
         self.downlink_delta = downlink_delta
         # node id -> the copy of the global adapters that node holds, bit for bit
         self._mirrors: OrderedDict[int, OrderedDict[str, np.ndarray]] = OrderedDict()
+        self._origin: OrderedDict[str, np.ndarray] | None = None
+        self._origin_digest = ""
+        self._from_origin: set[int] = set()  # sent a change from the origin this round
+        self._origin_refused: set[int] = set()  # answered one with an error: zeros from now
+
+    def set_delta_origin(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """With ``downlink_delta``: the adapters every node holds before its first message (the
+        run's seeded initial ones; ``strategies.mod.make_compression_mod`` on the nodes).
+
+        In cross-device sampling most nodes sampled in a round have never been sampled before;
+        a full copy at the downlink's few bits loses what the pretrained or seeded values were
+        (a 2-bit copy of EfficientNet-Lite0's adapters and norms scores at chance). The change
+        from the origin has the range of what training moved. A node that refuses it (its
+        origin differs) gets changes from zeros from then on."""
+        self._origin = OrderedDict((k, np.asarray(v, np.float32)) for k, v in arrays.items())
+        self._origin_digest = state_digest(self._origin)
+
+    def first_copy(self, arrays: Mapping[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        """What a node with no copy yet rebuilds when sent ``arrays`` for training: the quality
+        of the broadcast for most nodes of a cross-device round."""
+        target = OrderedDict((k, np.asarray(v, np.float32)) for k, v in arrays.items())
+        held = self._origin if self.downlink_delta and self._fits_origin(target) else None
+        if held is None:
+            return decode_blob(self.downlink.encode(target))
+        sent = decode_blob(
+            self.downlink.encode(OrderedDict((k, target[k] - held[k]) for k in target))
+        )
+        return OrderedDict((k, held[k] + sent[k]) for k in target)
+
+    def _fits_origin(self, target: Mapping[str, np.ndarray]) -> bool:
+        origin = self._origin
+        return origin is not None and [(k, v.shape) for k, v in origin.items()] == [
+            (k, v.shape) for k, v in target.items()
+        ]
 
     def summary(self) -> None:
         log(
@@ -275,12 +311,16 @@ class CompressionStrategy(Strategy):
         arrays_key, record = records[0]
         target = record_to_numpy(record)
         held = self._mirrors.pop(node, None)
-        if held is None or [(k, v.shape) for k, v in held.items()] != [
+        self._from_origin.discard(node)
+        if held is not None and [(k, v.shape) for k, v in held.items()] == [
             (k, v.shape) for k, v in target.items()
         ]:
-            held, base = OrderedDict((k, np.zeros_like(v)) for k, v in target.items()), ""
-        else:
             base = state_digest(held)
+        elif self._fits_origin(target) and node not in self._origin_refused:
+            held, base = self._origin, self._origin_digest
+            self._from_origin.add(node)
+        else:
+            held, base = OrderedDict((k, np.zeros_like(v)) for k, v in target.items()), ""
         change = OrderedDict((k, (target[k] - held[k]).astype(np.float32)) for k in target)
         blob = self.downlink.encode(change)
         sent = decode_blob(blob)
@@ -371,7 +411,10 @@ class CompressionStrategy(Strategy):
             if msg.has_error():
                 # Whatever went wrong, that node's copy may not be the mirror any more: it
                 # gets a full copy next time (the error may be its report of a lost copy).
-                self._mirrors.pop(msg.metadata.src_node_id, None)
+                node = msg.metadata.src_node_id
+                self._mirrors.pop(node, None)
+                if node in self._from_origin:  # perhaps its origin differs: zeros from now
+                    self._origin_refused.add(node)
             else:
                 try:
                     msg.content = self._decode_reply(msg)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp.mod import fixedclipping_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from strategies.codecs import CodecError, decode_blob, get_codec
@@ -60,25 +61,58 @@ def _residual(context: Context, like: OrderedDict[str, np.ndarray]) -> OrderedDi
     return residual
 
 
-def _rebuilt(content: RecordDict, base: str, context: Context) -> None:
-    """Add the received change to this node's copy (zeros when ``base`` is empty), in place
-    of the change, and keep the result as the node's copy. The server named the copy it
-    changed by digest; any other copy would silently train a wrong model, so it is refused."""
+# What a node can rebuild before its first message: the run's initial adapters, built by the
+# app from its config (this module knows no model). None: a node without a copy starts from zeros.
+Origin = Callable[[Context], Mapping[str, np.ndarray]]
+
+
+def _rebuilt(content: RecordDict, base: str, context: Context, origin: Origin | None) -> None:
+    """Add the received change to the copy the server named by digest (this node's held copy,
+    or its ``origin``; zeros when ``base`` is empty), in place of the change, and keep the result
+    as the node's copy. Any other copy would silently train a wrong model, so it is refused."""
     key, record = _single_arrays(content, "the train message")
     change = record_to_numpy(record)
-    held = context.state.get(HELD_KEY)
     if base:
-        copy = record_to_numpy(held) if isinstance(held, ArrayRecord) else None
-        if copy is None or list(copy) != list(change) or state_digest(copy) != base:
+        copy = _copy_named(base, context, origin, list(change))
+        if copy is None:
             raise CodecError(
                 f"this node does not hold the copy (digest {base[:12]}) the server's downlink "
-                "change applies to (restarted, or a message was lost); the server sends a full "
-                "copy next time"
+                "change applies to (restarted, a message was lost, or its initial adapters "
+                "differ from the server's); the server sends a full copy next time"
             )
     else:
         copy = OrderedDict((k, np.zeros_like(v)) for k, v in change.items())
     rebuilt = numpy_to_record(OrderedDict((k, copy[k] + change[k]) for k in change))
     content[key] = context.state[HELD_KEY] = rebuilt  # one record: its Arrays are immutable
+
+
+def _copy_named(
+    base: str, context: Context, origin: Origin | None, names: list[str]
+) -> Mapping[str, np.ndarray] | None:
+    """The node's held copy, else its origin, whichever has digest ``base`` and ``names``."""
+    held = context.state.get(HELD_KEY)
+    candidates = [lambda: record_to_numpy(held)] if isinstance(held, ArrayRecord) else []
+    if origin is not None:
+        candidates.append(lambda: origin(context))
+    for candidate in candidates:
+        copy = candidate()
+        if list(copy) == names and state_digest(copy) == base:
+            return copy
+    return None
+
+
+def make_compression_mod(origin: Origin | None = None) -> Mod:
+    """``compression_mod`` whose node, before its first message, already holds ``origin``: with
+    a downlink delta, the server (given the same adapters as ``CompressionStrategy``'s
+    ``delta_origin``) then sends a node it has no mirror of the change from them, not a full
+    copy. ``origin`` is called only then, and its result is checked against the server's
+    digest, so a node that builds other initial adapters refuses instead of training them."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        return _compression(msg, context, call_next, origin)
+
+    mod.__doc__ = compression_mod.__doc__
+    return mod
 
 
 def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -87,6 +121,12 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     A malformed payload or an unknown codec raises ``CodecError``; Flower turns the exception
     into an error reply, so the server logs it against this node instead of aggregating junk.
     """
+    return _compression(msg, context, call_next, None)
+
+
+def _compression(
+    msg: Message, context: Context, call_next: ClientAppCallable, origin: Origin | None
+) -> Message:
     header = read_header(msg.content) if msg.has_content() else None
     if header is None:
         return call_next(msg, context)
@@ -94,7 +134,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     msg.content = decode_content(msg.content)
     base = header.get(DELTA_BASE)
     if isinstance(base, str):
-        _rebuilt(msg.content, base, context)
+        _rebuilt(msg.content, base, context, origin)
     codec_seconds = time.perf_counter() - started
     reply = call_next(msg, context)
     reply_codec = header.get(REPLY_CODEC)

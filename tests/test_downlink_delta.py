@@ -15,11 +15,15 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
+from flora_app.client_app import initial_adapters
 from flora_app.config import FloraConfig
+from flora_app.ml.data import load_dataset
+from flora_app.ml.lora import build_trainable, exchanged_state
 from flora_app.server_app import run
+from flora_app.task import data_spec, model_spec
 from strategies.codecs import CodecError, codec_spec
 from strategies.compression import CompressionStrategy
-from strategies.mod import HELD_KEY, compression_mod
+from strategies.mod import HELD_KEY, compression_mod, make_compression_mod
 from strategies.wire import (
     DELTA_BASE,
     numpy_to_record,
@@ -34,11 +38,18 @@ NODES = [11, 12, 13, 14, 15, 16]
 
 
 class Nodes:
-    """Just enough of a Grid for FedAvg's sampling, and the nodes' own contexts."""
+    """Just enough of a Grid for FedAvg's sampling, and the nodes' own contexts; ``origins``:
+    what each node can rebuild before its first message (none: no origin)."""
 
-    def __init__(self) -> None:
+    def __init__(self, origins: dict[int, OrderedDict[str, np.ndarray]] | None = None) -> None:
         self.contexts = {n: Context(1, n, {}, RecordDict(), {}) for n in NODES}
         self.received: dict[int, OrderedDict[str, np.ndarray]] = {}
+        self.mods = {
+            n: compression_mod
+            if origins is None
+            else make_compression_mod(origin=lambda context, n=n: origins[n])
+            for n in NODES
+        }
 
     def get_node_ids(self) -> list[int]:
         return list(NODES)
@@ -62,16 +73,23 @@ class Nodes:
         node = msg.metadata.dst_node_id
         delivered = make_message(msg.content, src=0, dst=node, mid=f"m{node}")
         try:
-            reply = compression_mod(delivered, self.contexts[node], self.handler(node))
+            reply = self.mods[node](delivered, self.contexts[node], self.handler(node))
         except CodecError as exc:  # what Flower's ClientApp makes of a raised exception
             reply = Message(Error(code=1, reason=str(exc)), reply_to=delivered)
         return reply
 
 
-def _rounds(strategy: CompressionStrategy, nodes: Nodes, rounds: int, drift: float = 0.05):
-    """The global adapters take a random step each round; yields (sampled nodes, global)."""
+def _rounds(
+    strategy: CompressionStrategy,
+    nodes: Nodes,
+    rounds: int,
+    drift: float = 0.05,
+    start: OrderedDict[str, np.ndarray] | None = None,
+):
+    """The global adapters take a random step each round from ``start``; yields (sampled
+    nodes, global, the messages, the replies)."""
     rng = np.random.default_rng(0)
-    global_arrays = make_arrays(0)
+    global_arrays = make_arrays(0) if start is None else start
     for server_round in range(1, rounds + 1):
         global_arrays = OrderedDict(
             (k, (v + drift * rng.normal(size=v.shape)).astype(np.float32))
@@ -155,6 +173,58 @@ def test_a_node_that_lost_its_copy_refuses_the_change_then_gets_a_full_copy() ->
     assert then == "" and answer is None  # the server dropped its mirror: a full copy
 
 
+def test_a_node_sampled_for_the_first_time_gets_the_change_from_the_origin() -> None:
+    """Cross-device rounds sample mostly new nodes: from the origin (the initial adapters both
+    sides rebuild), their first copy loses as little as any later change, where a full copy at
+    2 bits would lose the origin's values; every copy stays the server's mirror bit for bit."""
+    origin = make_arrays(0)
+    errors = {}
+    for with_origin in (True, False):
+        strategy = _strategy(Q2)
+        if with_origin:
+            strategy.set_delta_origin(origin)
+        nodes = Nodes({n: origin for n in NODES} if with_origin else None)
+        first, seen = [], set()
+        for sampled, global_arrays, messages, replies in _rounds(
+            strategy, nodes, rounds=6, drift=0.02, start=origin
+        ):
+            assert not any(r.has_error() for r in replies)
+            for node, msg in zip(sampled, messages, strict=True):
+                held = record_to_numpy(nodes.contexts[node].state[HELD_KEY])
+                assert state_digest(held) == state_digest(strategy._mirrors[node])
+                if node not in seen:
+                    base = read_header(msg.content)[DELTA_BASE]
+                    assert base == (state_digest(origin) if with_origin else "")
+                    first.append(_max_error(held, global_arrays))
+                    # what the server scores as a new node's copy is what it rebuilt
+                    if len(seen) == 0:
+                        assert state_digest(strategy.first_copy(global_arrays)) == (
+                            state_digest(held)
+                        )
+                seen.add(node)
+        errors[with_origin] = first
+    assert max(errors[True]) < 0.2 * min(errors[False]), errors
+
+
+def test_a_node_whose_origin_differs_refuses_then_gets_the_change_from_zeros() -> None:
+    origin = make_arrays(0)
+    strategy = _strategy(Q4)
+    strategy.set_delta_origin(origin)
+    other = OrderedDict((k, v + np.float32(1e-3)) for k, v in origin.items())
+    nodes = Nodes({n: (other if n == NODES[0] else origin) for n in NODES})
+    history = []
+    for sampled, _, messages, replies in _rounds(strategy, nodes, rounds=40, start=origin):
+        if NODES[0] in sampled:
+            i = sampled.index(NODES[0])
+            reason = replies[i].error.reason if replies[i].has_error() else None
+            history.append((read_header(messages[i].content)[DELTA_BASE], reason))
+            if len(history) == 2:
+                break
+    (base, refusal), (then, answer) = history
+    assert base == state_digest(origin) and "initial adapters differ" in refusal
+    assert then == "" and answer is None
+
+
 def test_a_run_with_the_downlink_change_trains_through_the_client_app(
     tmp_path: Path, tiny_run_config: dict
 ) -> None:
@@ -180,3 +250,9 @@ def test_a_run_with_the_downlink_change_trains_through_the_client_app(
         assert all(r["failed_replies"] == 0 and r["rejected_replies"] == 0 for r in rounds)
         held = [c.state.get(HELD_KEY) for c in grid.contexts.values()]
         assert any(h is not None for h in held) == delta  # only the change is kept on nodes
+        if delta:  # the ClientApp rebuilt the server's initial adapters: no node refused
+            assert sum(r["clients"] for r in rounds) == sum(r["replies"] for r in rounds)
+            spec = model_spec(cfg, load_dataset(data_spec(cfg)).info)
+            server_origin = state_digest(exchanged_state(build_trainable(spec), spec))
+            for context in grid.contexts.values():
+                assert state_digest(initial_adapters(context)) == server_origin

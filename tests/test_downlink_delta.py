@@ -248,6 +248,7 @@ def test_a_run_with_the_downlink_change_trains_through_the_client_app(
             for x in (tmp_path / f"delta-{delta}" / "rounds.jsonl").read_text().splitlines()
         ]
         assert all(r["failed_replies"] == 0 and r["rejected_replies"] == 0 for r in rounds)
+        assert all(0.0 < r["eval_seconds"] <= r["seconds"] for r in rounds)
         held = [c.state.get(HELD_KEY) for c in grid.contexts.values()]
         assert any(h is not None for h in held) == delta  # only the change is kept on nodes
         if delta:  # the ClientApp rebuilt the server's initial adapters: no node refused

@@ -814,6 +814,17 @@ def select(names: str, sweep: tuple[SweepConfig, ...] = SWEEP) -> list[SweepConf
     return [known[n] for n in wanted]
 
 
+def merged_configs(previous: list[dict], current: list[dict]) -> list[dict]:
+    """``bench.json``'s configurations after a sweep of ``current`` into a folder that already
+    lists ``previous``: a ``--configs`` subset (a resumed or extended sweep) adds its rows and
+    runs and keeps every other, so the report still shows all that the folder holds."""
+    merged = {entry["name"]: list(entry["runs"]) for entry in previous}
+    for entry in current:
+        runs = merged.setdefault(entry["name"], [])
+        runs += [name for name in entry["runs"] if name not in runs]
+    return [{"name": name, "runs": runs} for name, runs in merged.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-digits")
@@ -901,10 +912,13 @@ def main(argv: list[str] | None = None) -> int:
             "command": _command(argv or sys.argv[1:]),
             "machine": machine(),
             "started": meta.get("started", stamp),
-            "configs": [
-                {"name": c.name, "runs": [j.run_dir.name for j in jobs if j.config is c]}
-                for c in configs
-            ],
+            "configs": merged_configs(
+                meta.get("configs", []),
+                [
+                    {"name": c.name, "runs": [j.run_dir.name for j in jobs if j.config is c]}
+                    for c in configs
+                ],
+            ),
         }
     )
     meta.setdefault("run_seconds", {})

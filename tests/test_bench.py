@@ -680,3 +680,16 @@ def test_every_row_of_every_preset_would_start(tmp_path: Path, name: str) -> Non
     preset = PRESETS[name]
     for job in plan(preset, list(preset.sweep), 1, {}, tmp_path):
         assert run_config_problem(job.keys) is None, job.config.name
+
+
+def test_a_configs_subset_adds_to_the_folders_record_and_keeps_the_rest() -> None:
+    """A sweep of a few rows into a folder that holds others (resuming, extending) must not
+    drop the others from bench.json, or the report forgets runs that are on disk."""
+    previous = [{"name": "fedavg", "runs": ["fedavg-s0"]}, {"name": "q4", "runs": ["q4-s0"]}]
+    current = [{"name": "q4", "runs": ["q4-s0", "q4-s1"]}, {"name": "new", "runs": ["new-s0"]}]
+    assert bench.merged_configs(previous, current) == [
+        {"name": "fedavg", "runs": ["fedavg-s0"]},
+        {"name": "q4", "runs": ["q4-s0", "q4-s1"]},
+        {"name": "new", "runs": ["new-s0"]},
+    ]
+    assert bench.merged_configs([], current) == current

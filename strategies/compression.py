@@ -190,19 +190,19 @@ class CompressionStrategy(Strategy):
         """What a node with no copy yet rebuilds when sent ``arrays`` for training: the quality
         of the broadcast for most nodes of a cross-device round."""
         target = OrderedDict((k, np.asarray(v, np.float32)) for k, v in arrays.items())
-        held = self._origin if self.downlink_delta and self._fits_origin(target) else None
-        if held is None:
-            return decode_blob(self.downlink.encode(target))
-        sent = decode_blob(
-            self.downlink.encode(OrderedDict((k, target[k] - held[k]) for k in target))
-        )
-        return OrderedDict((k, held[k] + sent[k]) for k in target)
+        if self.downlink_delta and self._origin is not None and _same_layout(self._origin, target):
+            return self._coded_change(self._origin, target)[1]
+        return decode_blob(self.downlink.encode(target))
 
-    def _fits_origin(self, target: Mapping[str, np.ndarray]) -> bool:
-        origin = self._origin
-        return origin is not None and [(k, v.shape) for k, v in origin.items()] == [
-            (k, v.shape) for k, v in target.items()
-        ]
+    def _coded_change(
+        self, held: Mapping[str, np.ndarray], target: Mapping[str, np.ndarray]
+    ) -> tuple[bytes, OrderedDict[str, np.ndarray]]:
+        """``target`` as the downlink-coded change from ``held``, and what a node holding
+        ``held`` rebuilds from it (the same float32 sum the node computes)."""
+        change = OrderedDict((k, (target[k] - held[k]).astype(np.float32)) for k in target)
+        blob = self.downlink.encode(change)
+        sent = decode_blob(blob)
+        return blob, OrderedDict((k, held[k] + sent[k]) for k in target)
 
     def summary(self) -> None:
         log(
@@ -312,19 +312,17 @@ class CompressionStrategy(Strategy):
         target = record_to_numpy(record)
         held = self._mirrors.pop(node, None)
         self._from_origin.discard(node)
-        if held is not None and [(k, v.shape) for k, v in held.items()] == [
-            (k, v.shape) for k, v in target.items()
-        ]:
+        origin = self._origin
+        if held is not None and _same_layout(held, target):
             base = state_digest(held)
-        elif self._fits_origin(target) and node not in self._origin_refused:
-            held, base = self._origin, self._origin_digest
+        elif (
+            origin is not None and _same_layout(origin, target) and node not in self._origin_refused
+        ):
+            held, base = origin, self._origin_digest
             self._from_origin.add(node)
         else:
             held, base = OrderedDict((k, np.zeros_like(v)) for k, v in target.items()), ""
-        change = OrderedDict((k, (target[k] - held[k]).astype(np.float32)) for k in target)
-        blob = self.downlink.encode(change)
-        sent = decode_blob(blob)
-        self._mirrors[node] = OrderedDict((k, held[k] + sent[k]) for k in target)
+        blob, self._mirrors[node] = self._coded_change(held, target)
         while len(self._mirrors) > self.MAX_MIRRORED_NODES:
             self._mirrors.popitem(last=False)
         out = RecordDict({k: v for k, v in content.items() if k != arrays_key})
@@ -497,3 +495,8 @@ class CompressionStrategy(Strategy):
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         self._note("client_", metrics)
         return metrics
+
+
+def _same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    """The same tensor names, in the same order, with the same shapes."""
+    return [(k, v.shape) for k, v in a.items()] == [(k, v.shape) for k, v in b.items()]

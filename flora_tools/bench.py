@@ -13,6 +13,7 @@ plots (``flora_tools.bench_report``) next to every run's own folder::
     python -m flora_tools.bench --report-only --out outputs/b   # rebuild the report
     python -m flora_tools.bench --headline fedavg,fedlora,flocora-q4 --out outputs/b  # docs table
     python -m flora_tools.bench --headline fedavg,fedlora --link --out outputs/b  # over edge links
+    python -m flora_tools.bench --headline fedlora,fedlora-dp1 --dp --out outputs/b  # ε beside acc
     python -m flora_tools.bench --preset cifar10-paper          # FLoCoRA's setup, needs the Hub
 
 The sweep (``SWEEP``): ``fedavg`` (full model); ``fedlora`` r = 8, 16, 32 (alpha = 16 r, as
@@ -89,6 +90,7 @@ from pathlib import Path
 from typing import Any
 
 from flora_tools.bench_report import (
+    DP_COLUMNS,
     HEADLINE_COLUMNS,
     LINK_COLUMNS,
     Group,
@@ -847,6 +849,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--link", action="store_true", help="with --headline: simulated time over edge links"
     )
+    parser.add_argument(
+        "--dp", action="store_true", help="with --headline: ε spent beside accuracy (DP sweeps)"
+    )
     parser.add_argument("--list", action="store_true", help="print the preset's sweep and exit")
     args = parser.parse_args(argv)
 
@@ -865,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
             groups, meta = load_groups(args.out)
             names = [n.strip() for n in args.headline.split(",") if n.strip()]
             target = args.target or meta["target_accuracy"]
-            columns = LINK_COLUMNS if args.link else HEADLINE_COLUMNS
+            columns = LINK_COLUMNS if args.link else DP_COLUMNS if args.dp else HEADLINE_COLUMNS
             print(
                 headline_table(groups, names, target, args.reference, args.byte_reference, columns)
             )

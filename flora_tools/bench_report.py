@@ -152,6 +152,11 @@ class Run:
         clients = self._column("clients").sum()
         return float(self.round_mb().sum() / clients) if clients else None
 
+    def epsilon(self) -> float | None:
+        """The privacy spent by the end of a private run (cumulative ``dp_epsilon`` of its
+        last round, at the run's ``dp-delta``); None for a run without DP."""
+        return self.rounds[-1].get("dp_epsilon") if self.rounds else None
+
     def steady_rounds(self) -> list[dict[str, Any]]:
         """Rounds after the first (which pays the simulation's start-up), if there are any."""
         return self.rounds[1:] if len(self.rounds) > 1 else self.rounds
@@ -208,11 +213,42 @@ def _model_settings(config: dict[str, Any], base: dict[str, Any] | None) -> list
     return parts
 
 
+def _technique_settings(config: dict[str, Any]) -> list[str]:
+    """The techniques past both papers a run used (absent keys: folders from before them,
+    which ran without): what tells apart rows that share a strategy, bits and densities."""
+    parts = []
+    if config.get("quant-vectors", "fp32") != "fp32" and config["strategy"] == "flocora":
+        parts.append("1-D tensors quantized")
+    if config.get("lora-freeze-a"):
+        parts.append("A frozen (FFA-LoRA)")
+    if config.get("uplink-budget-bytes", 0) > 0:
+        parts.append(f"uplink budget {config['uplink-budget-bytes']:,} B")
+    if config.get("downlink-delta"):
+        parts.append("down as change from the node's copy")
+    if config.get("tiers"):
+        parts.append(f"tiers {config['tiers']}")
+    if config.get("rank-tiers"):
+        parts.append(f"rank tiers {config['rank-tiers']}")
+    if config.get("entropy-coder", "none") != "none":
+        parts.append(f"+ {config['entropy-coder']}")
+    if config.get("dp-noise-multiplier", 0.0) > 0:
+        parts.append(
+            f"DP noise {config['dp-noise-multiplier']:g} x clip {config['dp-clipping-norm']:g}"
+        )
+    return parts
+
+
 def settings(config: dict[str, Any], base: dict[str, Any] | None = None) -> str:
-    """The distinguishing settings of a run, from its resolved ``config.json``; model keys
+    """The distinguishing settings of a run (``_settings``), then the techniques past both
+    papers it used (``_technique_settings``)."""
+    return ", ".join([_settings(config, base), *_technique_settings(config)])
+
+
+def _settings(config: dict[str, Any], base: dict[str, Any] | None = None) -> str:
+    """The strategy's own settings, from the run's resolved ``config.json``; model keys
     (model, width, norm, LoRA mode, pretrained, frozen BatchNorm statistics) where they differ
-    from ``base``. Keys are read
-    with ``.get`` so folders from before ``norm`` / ``pretrained`` / ``lora-mode`` still load."""
+    from ``base``. Keys are read with ``.get`` so folders from before ``norm`` /
+    ``pretrained`` / ``lora-mode`` still load."""
     strategy = config["strategy"]
     prefix = ", ".join(_model_settings(config, base))
     prefix = f"{prefix}, " if prefix else ""
@@ -263,6 +299,11 @@ def _group(groups: Sequence[Group], name: str) -> Group | None:
 def _optional_mean(values: Sequence[float | None]) -> float | None:
     """Mean of the values, None if any is None (a partial mean would mislead)."""
     return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def _optional_max(values: Sequence[float | None]) -> float | None:
+    """Max of the values, None if any is None (a run without DP has spent no epsilon)."""
+    return None if any(v is None for v in values) else float(max(values))
 
 
 def build_rows(
@@ -316,6 +357,10 @@ def build_rows(
                 name: _link_minutes(runs, target, profile) for name, profile in PROFILES.items()
             },
             "codec_share": float(np.mean([r.codec_share() for r in runs])),
+            # The largest over seeds: the accountant's epsilon depends on the sampling each
+            # run really had (nodes online), so seeds may differ; the bound is the worst.
+            "dp_epsilon": _optional_max([r.epsilon() for r in runs]),
+            "dp_delta": runs[0].config.get("dp-delta"),
             "memory_mb": memory.get("rss_delta_mb"),
             "cuda_memory_mb": memory.get("cuda_peak_mb"),
             "runs": [str(r.path) for r in runs],
@@ -382,6 +427,9 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
         "to_target": to_target,
         "seconds": f"{row['seconds_per_round']:.2f}",
         "codec": f"{100 * row['codec_share']:.2f} %",
+        "epsilon": "no DP"
+        if row.get("dp_epsilon") is None
+        else f"{row['dp_epsilon']:.3g} (δ = {row['dp_delta']:g})",
         "memory": memory,
     }
 
@@ -395,6 +443,7 @@ COLUMNS: dict[str, str] = {
     "final": "final accuracy % ± 95 % CI",
     "last5": f"last {LAST_ROUNDS} rounds % ± 95 % CI",
     "delta": "Δ vs {reference} (points, paired by seed) ± 95 % CI",
+    "epsilon": "ε spent (at δ)",
     "mb_round": "MB up+down / round",
     "mb_client_round": "MB up+down / client / round",
     "reduction": "reduction vs {byte_reference} (up+down)",
@@ -407,7 +456,9 @@ COLUMNS: dict[str, str] = {
     "codec": "codec share of round",
     "memory": "client training peak MB",
 }
-REPORT_COLUMNS: tuple[str, ...] = tuple(COLUMNS)
+# The report of a sweep without DP leaves the ε column out (it would say "no DP" on every row).
+PRIVATE_REPORT_COLUMNS: tuple[str, ...] = tuple(COLUMNS)
+REPORT_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "epsilon")
 HEADLINE_COLUMNS: tuple[str, ...] = (
     "config",
     "final",
@@ -416,6 +467,7 @@ HEADLINE_COLUMNS: tuple[str, ...] = (
     "reduction",
     "to_target",
 )
+DP_COLUMNS: tuple[str, ...] = ("config", "settings", "final", "delta", "epsilon", "mb_client_round")
 LINK_COLUMNS: tuple[str, ...] = (
     "config",
     "final",
@@ -545,6 +597,10 @@ def plot(groups: list[Group], out_dir: Path, target: float) -> list[Path]:
     return paths
 
 
+EPSILON_NOTE = """\
+- ε spent (at δ): the accountant's cumulative epsilon after the last round (`dp_epsilon` in
+  `rounds.jsonl`, at the run's `dp-delta`), the largest over seeds; "no DP" for a clean row.
+"""
 NOTES = """\
 - seeds: the number of seeds (runs) of the row, n; seeds are 0..n-1, and the same seed gives
   every configuration the same partitions, client sampling and initial model.
@@ -558,9 +614,9 @@ NOTES = """\
   computed seed by seed over the seeds both rows ran, then mean ± the same t interval over those
   differences ("(k/n seeds)" when only k of this row's n seeds are shared); n/a when the sweep
   has no `{reference}` row or they share no seed.
-- MB up+down / round: measured training traffic per round, all sampled clients, both directions
-  (1 MB = 10^6 B), mean over rounds and seeds; the evaluate phase that measures BatchNorm
-  statistics is excluded (it is in each run's `summary.json` as `bytes_eval_total`).
+{epsilon_note}- MB up+down / round: measured training traffic per round, all sampled clients,
+  both directions (1 MB = 10^6 B), mean over rounds and seeds; the evaluate phase that measures
+  BatchNorm statistics is excluded (it is in each run's `summary.json` as `bytes_eval_total`).
   / client / round: the same traffic divided by the sampled clients (the ServerApp's
   `bytes_*_per_client_per_round`, up + down), what one client sends and receives in a round.
 - reduction vs {byte_reference}: `{byte_reference}`'s MB up+down / round over this row's (means
@@ -596,12 +652,14 @@ def write_report(
     """Write ``report.md``, ``report.json`` and the two plots into ``out_dir``."""
     rows = build_rows(groups, target, reference, byte_reference)
     paths = plot(groups, out_dir, target)
-    table = markdown_table(rows)
+    private = any(row["dp_epsilon"] is not None for row in rows)
+    table = markdown_table(rows, PRIVATE_REPORT_COLUMNS if private else REPORT_COLUMNS)
     notes = NOTES.format(
         target=f"{100 * target:g} %",
         reference=reference,
         byte_reference=byte_reference,
         last=LAST_ROUNDS,
+        epsilon_note=EPSILON_NOTE if private else "",
     )
     text = (
         f"{header}\n\n{table}\n\n{notes}\n\n"

@@ -36,6 +36,8 @@ from flora_tools.bench import (
 )
 from flora_tools.bench_report import (
     COLUMNS,
+    DP_COLUMNS,
+    PRIVATE_REPORT_COLUMNS,
     Group,
     Run,
     accuracy_band,
@@ -364,6 +366,80 @@ def test_settings_name_the_model_keys_that_differ_from_the_first_row() -> None:
     assert settings(base | {"strategy": "fedlora", "lora-mode": "full-stem"}, base) == (
         "full-stem, r=16, alpha=256, fp32"
     )
+
+
+def test_settings_name_the_techniques_past_both_papers() -> None:
+    """Rows that share a strategy and its widths differ in these keys; the report must show
+    which, or the frontier's row reads like the plain 4-bit one."""
+    q4 = _CONFIG | {"strategy": "flocora", "quant-bits": 4, "quant-bits-down": 2}
+    frontier = q4 | {
+        "quant-vectors": "quant",
+        "lora-freeze-a": True,
+        "downlink-delta": True,
+        "entropy-coder": "zstd",
+    }
+    assert settings(q4, q4) == "r=16, alpha=256, up 4-bit, down 2-bit"
+    assert settings(frontier, q4) == (
+        "r=16, alpha=256, up 4-bit, down 2-bit, 1-D tensors quantized, A frozen (FFA-LoRA), "
+        "down as change from the node's copy, + zstd"
+    )
+    tiers = q4 | {"tiers": "0.5:2,0.5:6", "uplink-budget-bytes": 408_633}
+    assert settings(tiers, q4).endswith(", uplink budget 408,633 B, tiers 0.5:2,0.5:6")
+    ranks = _CONFIG | {"strategy": "fedlora", "rank-tiers": "0.5:8,0.5:16"}
+    assert settings(ranks, ranks) == "r=16, alpha=256, fp32, rank tiers 0.5:8,0.5:16"
+    private = ranks | {"rank-tiers": "", "dp-noise-multiplier": 0.3, "dp-clipping-norm": 5.0}
+    assert settings(private, ranks) == "r=16, alpha=256, fp32, DP noise 0.3 x clip 5"
+    # The defaults (and folders from before the keys) add nothing.
+    plain = q4 | {"quant-vectors": "fp32", "entropy-coder": "none", "dp-noise-multiplier": 0.0}
+    assert settings(plain, q4) == settings(q4, q4)
+
+
+def _private(path: Path, epsilons: list[float], seed: int, noise: float = 1.0) -> Run:
+    """A fake private run: its rounds carry the accountant's cumulative epsilon."""
+    _fake_run(
+        path, "fedlora", [0.5, 0.6, 0.7][: len(epsilons)], 1.0, seed=seed,
+        **{"dp-noise-multiplier": noise, "dp-clipping-norm": 5.0, "dp-delta": 1e-5},
+    )  # fmt: skip
+    rounds = [json.loads(line) for line in (path / "rounds.jsonl").read_text().splitlines()]
+    for record, eps in zip(rounds, epsilons, strict=True):
+        record["dp_epsilon"] = eps
+    (path / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    return Run.load(path)
+
+
+def test_a_private_sweep_reports_the_epsilon_spent(tmp_path: Path) -> None:
+    clean = _runs(tmp_path, "fedlora", {0: 0.70, 1: 0.72})
+    noisy = [
+        _private(tmp_path / "dp-s0", [3.0, 5.5], seed=0),
+        _private(tmp_path / "dp-s1", [3.0, 6.25], seed=1),
+    ]
+    assert noisy[0].epsilon() == 5.5 and clean[0].epsilon() is None
+    groups = [Group("fedlora", clean), Group("fedlora-dp1", noisy)]
+    rows = build_rows(groups, target=0.9)
+    assert rows[0]["dp_epsilon"] is None
+    assert rows[1]["dp_epsilon"] == 6.25 and rows[1]["dp_delta"] == 1e-5  # the worst seed
+    table = headline_table(groups, ["fedlora", "fedlora-dp1"], 0.9, columns=DP_COLUMNS)
+    assert "| ε spent (at δ) |" in table.splitlines()[0]
+    cells = _cells(table)
+    assert cells["fedlora"][4] == "no DP" and cells["fedlora-dp1"][4] == "6.25 (δ = 1e-05)"
+    assert cells["fedlora-dp1"][1].endswith("DP noise 1 x clip 5")
+    assert cells["fedlora-dp1"][3] == "-11.0 ± 12.7"  # 0.6 - 0.70 and 0.6 - 0.72, paired
+    # The report shows the column for a private sweep only.
+    _fake_sweep(tmp_path / "plain")
+    assert "ε spent" not in build_report(tmp_path / "plain").read_text()
+    private = tmp_path / "private"
+    _fake_sweep(private)
+    _private(private / "runs" / "dp-s0", [2.0, 4.0, 8.0], seed=0)
+    meta = json.loads((private / "bench.json").read_text())
+    meta["configs"].append({"name": "dp", "runs": ["dp-s0"]})
+    (private / "bench.json").write_text(json.dumps(meta))
+    report = build_report(private).read_text()
+    assert "ε spent (at δ):" in report  # the note defines it
+    assert _cells(report)["dp"][COLUMNS_INDEX_EPSILON] == "8 (δ = 1e-05)"
+    assert _cells(report)["fedlora"][COLUMNS_INDEX_EPSILON] == "no DP"
+
+
+COLUMNS_INDEX_EPSILON = PRIVATE_REPORT_COLUMNS.index("epsilon")
 
 
 def test_bands_are_t_intervals_min_max_or_none(tmp_path: Path) -> None:

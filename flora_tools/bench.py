@@ -395,14 +395,22 @@ _DP_STRATEGIES = {
     "flocora-q4": _flocora(4),
     "flasc-d10": _flasc(0.1),
 }
-DP_SWEEP: tuple[SweepConfig, ...] = tuple(
-    SweepConfig(
-        f"effnet-pt-{name}-dp{noise:g}",
-        {**keys, **_EFFNET, "dp-noise-multiplier": noise, "dp-clipping-norm": 5.0},
-        seeds=1,
-    )
-    for noise in (0.03, 0.1, 0.3, 1.0)
-    for name, keys in _DP_STRATEGIES.items()
+DP_SWEEP: tuple[SweepConfig, ...] = (
+    # Each strategy without DP, the row its private rows are paired with: cpu-fmnist's own
+    # configurations, so those runs stand for them (copy them into the folder).
+    *(
+        SweepConfig(f"effnet-pt-{name}", {**keys, **_EFFNET})
+        for name, keys in _DP_STRATEGIES.items()
+    ),
+    *(
+        SweepConfig(
+            f"effnet-pt-{name}-dp{noise:g}",
+            {**keys, **_EFFNET, "dp-noise-multiplier": noise, "dp-clipping-norm": 5.0},
+            seeds=1,
+        )
+        for noise in (0.03, 0.1, 0.3, 1.0)
+        for name, keys in _DP_STRATEGIES.items()
+    ),
 )
 # cpu-fmnist-tiers (issue 15): heterogeneous devices against uniform compression at equal
 # expected bytes (half the nodes at each tier value), in the pretrained setting.

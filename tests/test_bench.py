@@ -749,6 +749,33 @@ def test_the_attack_preset_is_valid_and_its_clean_rows_are_cpu_fmnists(tmp_path:
     assert all(j.seed == 0 for j in jobs[:first]) and first == len(attacks.sweep)
 
 
+@pytest.mark.parametrize("name", ["cpu-fmnist-dp", "cpu-fmnist-tiers"])
+def test_the_issue_15_presets_pair_with_cpu_fmnists_clean_rows(tmp_path: Path, name: str) -> None:
+    """Their rows without DP or tiers are cpu-fmnist's configurations (so those runs stand for
+    them, and Δ is paired by seed); every other row differs from one of them in its own keys
+    only."""
+
+    def seed0(preset: str) -> dict[str, dict]:
+        jobs = plan(PRESETS[preset], list(PRESETS[preset].sweep), 1, {}, tmp_path)
+        where = {"run-name", "output-dir"}  # a folder of its own, per preset
+        return {
+            j.config.name: {k: v for k, v in j.keys.items() if k not in where}
+            for j in jobs
+            if j.seed == 0
+        }
+
+    clean, keys = seed0("cpu-fmnist"), seed0(name)
+    references = {n for n in keys if n in clean}
+    assert references == {"effnet-pt-fedlora", "effnet-pt-flocora-q4", "effnet-pt-flasc-d10"}
+    for n in references:
+        assert keys[n] == clean[n], n
+    own = {"dp-noise-multiplier", "dp-clipping-norm", "tiers", "rank-tiers"}
+    by_strategy = {keys[n]["strategy"]: keys[n] for n in references}
+    for n, row in keys.items():
+        base = by_strategy[row["strategy"]]
+        assert {k for k in row.keys() | base.keys() if row.get(k) != base.get(k)} <= own, n
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_row_of_every_preset_would_start(tmp_path: Path, name: str) -> None:
     from flora_tools.preflight import run_config_problem

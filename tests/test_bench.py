@@ -471,9 +471,11 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
         "effnet-pt-flocora-adaptive-q4-bytes",
         "effnet-pt-flocora-q4-down2-delta",
         "effnet-pt-frontier",
+        "effnet-pt-frontier-q2",
+        "effnet-pt-frontier-q2-down1",
     }
     names = [c.name for c in preset.sweep]
-    assert headline < set(names) and len(names) == 25
+    assert headline < set(names) and len(names) == 27
 
     def counts(floor: int) -> dict[str, int]:
         jobs = plan(preset, list(preset.sweep), floor, {}, tmp_path)

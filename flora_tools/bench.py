@@ -393,15 +393,25 @@ ATTACK_SWEEP: tuple[SweepConfig, ...] = (
 # stable; accuracy against ε for each strategy. Clipping at 5 first; measured, no reply of the
 # noise-0.03 runs reached it (clipped_replies 0 in every round), so 5 only scales the noise up.
 # The clip-1 rows spend the same ε as noise 0.1 at a fifth of its noise; at clip 1 most
-# updates after round 1 are not clipped either (1-4 of 10 a round), hence clip 0.3 at noise
-# 0.3 (ε 68, a tenth of noise 0.1's): the least noise yet for the least ε. 10 of 100 clients a
-# round is far from the thousands DP-FL usually averages: the noise on the mean is z * C / 10
-# per coordinate, so expect usable accuracy only at large ε.
+# updates after round 1 are not clipped either (1-5 of 10 a round for fedlora and FLoCoRA, 4-7
+# for FLASC), hence clip 0.3 at noise 0.3 (ε 68, about a twelfth of noise 0.1's): the least
+# noise yet for the least ε. 10 of 100 clients a round is far from the thousands DP-FL usually
+# averages: the noise on the mean is z * C / 10 per coordinate, so expect usable accuracy only
+# at large ε.
 _DP_STRATEGIES = {
     "fedlora": {"strategy": "fedlora"},
     "flocora-q4": _flocora(4),
     "flasc-d10": _flasc(0.1),
 }
+_DP_CLIP = 5.0  # the first rows' clipping norm; their names leave it out
+_DP_SETTINGS = (
+    (0.03, _DP_CLIP),
+    (0.1, _DP_CLIP),
+    (0.3, _DP_CLIP),
+    (1.0, _DP_CLIP),
+    (0.1, 1.0),
+    (0.3, 0.3),
+)
 DP_SWEEP: tuple[SweepConfig, ...] = (
     # Each strategy without DP, the row its private rows are paired with: cpu-fmnist's own
     # configurations, so those runs stand for them (copy them into the folder).
@@ -411,20 +421,11 @@ DP_SWEEP: tuple[SweepConfig, ...] = (
     ),
     *(
         SweepConfig(
-            f"effnet-pt-{name}-dp{noise:g}",
-            {**keys, **_EFFNET, "dp-noise-multiplier": noise, "dp-clipping-norm": 5.0},
-            seeds=1,
-        )
-        for noise in (0.03, 0.1, 0.3, 1.0)
-        for name, keys in _DP_STRATEGIES.items()
-    ),
-    *(
-        SweepConfig(
-            f"effnet-pt-{name}-dp{noise:g}-clip{clip:g}",
+            f"effnet-pt-{name}-dp{noise:g}" + ("" if clip == _DP_CLIP else f"-clip{clip:g}"),
             {**keys, **_EFFNET, "dp-noise-multiplier": noise, "dp-clipping-norm": clip},
             seeds=1,
         )
-        for noise, clip in ((0.1, 1.0), (0.3, 0.3))
+        for noise, clip in _DP_SETTINGS
         for name, keys in _DP_STRATEGIES.items()
     ),
 )

@@ -168,8 +168,8 @@ def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:
     shuffling) plus top-k both ways; FLoCoRA's is held by test_deploy's resumed-run test."""
     config = (
         "strategy='flasc' density-up=0.3 density-down=0.5 model='cnn' model-width=16 lora-r=4 "
-        "lora-alpha=8.0 num-server-rounds=3 "
-        "local-epochs=1 fraction-train=0.5 fraction-evaluate=0.5 partitioner='dirichlet' seed=3"
+        "lora-alpha=8.0 num-server-rounds=3 local-epochs=1 fraction-train=0.5 "
+        "fraction-evaluate=0.5 partitioner='dirichlet' seed=3"
     )
     first, _ = _run(tmp_path / "a", config, supernodes=4)
     second, _ = _run(tmp_path / "b", config, supernodes=4)

@@ -25,6 +25,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from strategies.blocks import leading_block, update_of
 from strategies.wire import numpy_to_record, record_to_numpy
 
 # The ``attack`` choices.
@@ -85,14 +86,18 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         return reply
     received, (key, record) = record_to_numpy(sent[1]), got
     trained = record_to_numpy(record)
-    if list(received) != list(trained):
+    try:
+        update = update_of(trained, received)
+    except ValueError:
         return reply
     config = next((r for r in msg.content.config_records.values() if "server-round" in r), {})
     server_round = int(config.get("server-round", 0))
     rng = np.random.default_rng([int(run_config.get("seed", 0)), server_round, partition, 7])
-    update = OrderedDict((k, trained[k] - received[k]) for k in trained)
     bad = attacked_update(update, attack, float(run_config.get("attack-scale", 10.0)), rng)
     reply.content[key] = numpy_to_record(
-        OrderedDict((k, (received[k] + bad[k]).astype(np.float32)) for k in trained)
+        OrderedDict(
+            (k, (leading_block(received[k], b.shape) + b).astype(np.float32))
+            for k, b in bad.items()
+        )
     )
     return reply

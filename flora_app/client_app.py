@@ -27,7 +27,7 @@ from flora_app.ml.lora import (
     exchanged_state,
     keep_rank,
     load_exchanged_state,
-    restore_outside_rank,
+    rank_block,
     running_statistics,
 )
 from flora_app.ml.training import evaluate as evaluate_model
@@ -40,6 +40,7 @@ from flora_app.task import (
     partition_of,
 )
 from flora_app.tiers import TIER_KEY
+from strategies.blocks import leading_block
 from strategies.choices import DOWNLINK_MBPS_KEY, RANK_KEY, UPLINK_MBPS_KEY
 from strategies.mod import client_clipping_mod, make_compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
@@ -105,7 +106,6 @@ def train(msg: Message, context: Context) -> Message:
         train_split = Split(train_split.x, flipped_labels(train_split.y, dataset.num_classes))
     rank = config.get(RANK_KEY)  # a smaller rank than the global one (strategies.rank_tiers)
     if rank is not None:
-        received = exchanged_state(model, spec)
         keep_rank(model, int(rank))
     loss = local_train(
         model,
@@ -117,8 +117,10 @@ def train(msg: Message, context: Context) -> Message:
         overrides=config,
     )
     trained = exchanged_state(model, spec)
-    if rank is not None:
-        restore_outside_rank(trained, received, int(rank))
+    if rank is not None:  # only the components it trained: the leading blocks of its rank
+        trained = OrderedDict(
+            (k, leading_block(v, rank_block(k, v.shape, int(rank)))) for k, v in trained.items()
+        )
     content = RecordDict(
         {
             "arrays": numpy_to_record(trained),

@@ -368,8 +368,8 @@ class CompressionSection(Section):
     rank_tiers: str = key(
         "",
         "heterogeneous devices by LoRA rank, 'share:rank,...': shares of the nodes (summing to "
-        "1), each training only the first rank components (HetLoRA); every component is "
-        "averaged over the nodes that trained it; empty: all train lora-r",
+        "1), each training and sending only the first rank components (HetLoRA); every "
+        "component is averaged over the nodes that trained it; empty: all train lora-r",
     )
 
     def check(self) -> None:

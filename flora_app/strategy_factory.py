@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flora_app.config import STRATEGIES, FloraConfig
-from flora_app.ml.lora import rank_mask
+from flora_app.ml.lora import rank_block
 from strategies import FLASC, CompressionStrategy, FedLoRA, FLoCoRA
 from strategies.rank_tiers import RankTiers
 
@@ -125,7 +125,9 @@ def build_strategy(
     they see decoded replies (``strategies.rank_tiers``)."""
     strategy = BUILDERS[cfg.run.strategy](cfg, tiers)
     if ranks is not None:
-        strategy.strategy = RankTiers(
-            strategy.strategy, rank_for_node=_as_int(ranks), rank_mask=rank_mask
+        tiers_of_ranks = RankTiers(
+            strategy.strategy, rank_for_node=_as_int(ranks), rank_block=rank_block
         )
+        strategy.strategy = tiers_of_ranks
+        strategy.set_reply_blocks(tiers_of_ranks.reply_block)
     return strategy

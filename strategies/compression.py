@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
 
+from strategies.blocks import BlockShape, with_block
 from strategies.choices import UPDATE_NORM_ACTIONS
 from strategies.codecs import Codec, CodecError, decode_blob, get_codec, with_entropy
 from strategies.validation import (
@@ -173,6 +174,7 @@ class CompressionStrategy(Strategy):
         self._origin_digest = ""
         self._from_origin: set[int] = set()  # sent a change from the origin this round
         self._origin_refused: set[int] = set()  # answered one with an error: zeros from now
+        self._reply_block: BlockShape | None = None
 
     def set_delta_origin(self, arrays: Mapping[str, np.ndarray]) -> None:
         """With ``downlink_delta``: the adapters every node holds before its first message (the
@@ -185,6 +187,14 @@ class CompressionStrategy(Strategy):
         origin differs) gets changes from zeros from then on."""
         self._origin = OrderedDict((k, np.asarray(v, np.float32)) for k, v in arrays.items())
         self._origin_digest = state_digest(self._origin)
+
+    def set_reply_blocks(self, block: BlockShape) -> None:
+        """Heterogeneous ranks: ``block(node, name, shape)`` is the leading block of each
+        tensor that node sends (``strategies.blocks``), the rest of its reply being what it was
+        sent. A reply is validated against its node's blocks, so a node sending more than it
+        was asked for is rejected, and is put back into the global's shape before anything
+        aggregates it (a zero update, or the global's weights, outside the block)."""
+        self._reply_block = block
 
     def first_copy(self, arrays: Mapping[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         """What a node with no copy yet rebuilds when sent ``arrays`` for training: the quality
@@ -363,14 +373,20 @@ class CompressionStrategy(Strategy):
             raise RejectedReplyError(
                 f"reply mode {mode!r} differs from the requested {self.reply!r}"
             )
+        node = msg.metadata.src_node_id
         shapes = {k: v.shape for k, v in self._global.items()}
-        asked = self._asked.get(msg.metadata.src_node_id, self.uplink)
+        if self._reply_block is not None:
+            shapes = {k: self._reply_block(node, k, shape) for k, shape in shapes.items()}
+        asked = self._asked.get(node, self.uplink)
         codec = self.uplink_codec if asked == self.uplink else get_codec(asked)
         check_payload_size(len(record_to_blob(record)), codec, shapes)
         content = decode_content(msg.content, expected_codec=asked, expected_shapes=shapes)
         self._note_payload("up_", record)  # only what decoded: a bound on what it inflates to
         received = record_to_numpy(content[arrays_key])
         check_finite(received)
+        if self._reply_block is not None:
+            received = self._whole(received)
+            content[arrays_key] = numpy_to_record(received)
         if self.reply == "update":
             with np.errstate(over="ignore", invalid="ignore"):
                 received = OrderedDict((k, self._global[k] + received[k]) for k in self._global)
@@ -381,6 +397,13 @@ class CompressionStrategy(Strategy):
             if bounded is not received:
                 content[arrays_key] = numpy_to_record(bounded)
         return content
+
+    def _whole(self, received: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        """Leading blocks back in the global's shapes: zero outside an update, the global's
+        values outside weights (what the node was sent, and did not train)."""
+        assert self._global is not None
+        fill = np.zeros_like if self.reply == "update" else np.asarray
+        return OrderedDict((k, with_block(fill(g), received[k])) for k, g in self._global.items())
 
     def _bounded(self, received: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         """``received`` with its update (received minus the global) within the norm bound,

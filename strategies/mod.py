@@ -22,6 +22,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from strategies.blocks import update_of
 from strategies.codecs import CodecError, decode_blob, get_codec
 from strategies.wire import (
     DELTA_BASE,
@@ -151,10 +152,10 @@ def _compression(
     value = trained
     if mode == "update":
         _, sent_record = _single_arrays(msg.content, "the train message")
-        received = record_to_numpy(sent_record)
-        if list(received) != list(trained):
-            raise CodecError("reply tensors differ from the received ones; cannot form an update")
-        value = OrderedDict((k, trained[k] - received[k]) for k in trained)
+        try:  # a node that trained fewer LoRA components replies with leading blocks
+            value = update_of(trained, record_to_numpy(sent_record))
+        except ValueError as exc:
+            raise CodecError(str(exc)) from None
     use_feedback = bool(header.get(ERROR_FEEDBACK, False))
     carried = use_feedback and (residual := _residual(context, value)) is not None
     if carried:

@@ -2,10 +2,14 @@
 components, and every component is averaged over the nodes that trained it.
 
 A weak device is asked for rank r below the global rank (``lora-rank`` in its training config);
-it trains the truncated adapter and replies with an update that is zero outside it. A plain
-weighted mean would pull the higher components toward zero by every node that never saw them,
-so before the inner strategy aggregates, each reply's update is masked to the entries its rank
-covers and scaled by the inverse share of the round's weight that covers each entry:
+it trains the truncated adapter and replies with only the components it trained: the leading
+block of each tensor (``strategies.blocks``). The ``CompressionStrategy`` above this wrapper
+validates each reply against the blocks its node was asked for (``reply_block``, given to its
+``set_reply_blocks``) and puts it back into the global's shapes, so the update arriving here is
+zero outside the node's rank. A plain weighted mean would pull the higher components toward
+zero by every node that never saw them, so before the inner strategy aggregates, each reply's
+update is masked to the entries its rank covers and scaled by the inverse share of the round's
+weight that covers each entry:
 
     u_i' = m_i * u_i * (sum_j w_j) / (sum_j w_j m_j)
 
@@ -15,8 +19,8 @@ holds for any inner strategy that is linear in the updates (the mean, and a serv
 stepping on it); medians, Krum and DP noise calibrated to a clipped mean are not, and are
 refused by the app's configuration check.
 
-The wrapper knows nothing of models: which entries a rank covers is ``rank_mask(name, shape,
-rank)``, given by the app (it knows LoRA's A and B layouts).
+The wrapper knows nothing of models: which block of a tensor a rank covers is
+``rank_block(name, shape, rank)``, given by the app (it knows LoRA's A and B layouts).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from strategies.chain import Forwarding
 from strategies.choices import RANK_KEY
 from strategies.wire import numpy_to_record, record_to_numpy
 
-RankMask = Callable[[str, tuple[int, ...], int], np.ndarray | None]
+RankBlock = Callable[[str, tuple[int, ...], int], tuple[int, ...]]
 
 
 class RankTiers(Forwarding):
@@ -44,9 +48,9 @@ class RankTiers(Forwarding):
         The strategy that samples and aggregates (linear in the updates).
     rank_for_node : Callable[[int], int | None]
         Node id -> the rank that node trains (None: the full rank).
-    rank_mask : Callable[[str, tuple[int, ...], int], np.ndarray | None]
-        (tensor name, shape, rank) -> boolean mask of the entries that rank covers, None for a
-        tensor without rank components (covered whole).
+    rank_block : Callable[[str, tuple[int, ...], int], tuple[int, ...]]
+        (tensor name, shape, rank) -> the shape of the leading block that rank covers (the
+        whole shape for a tensor without rank components).
     """
 
     def __init__(
@@ -54,11 +58,11 @@ class RankTiers(Forwarding):
         strategy: Strategy,
         *,
         rank_for_node: Callable[[int], int | None],
-        rank_mask: RankMask,
+        rank_block: RankBlock,
     ) -> None:
         super().__init__(strategy)
         self.rank_for_node = rank_for_node
-        self.rank_mask = rank_mask
+        self.rank_block = rank_block
         self._global: dict[str, np.ndarray] | None = None
         self._asked: dict[int, int] = {}
 
@@ -80,6 +84,21 @@ class RankTiers(Forwarding):
             out.append(msg)
         return out
 
+    def reply_block(self, node: int, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The block of tensor ``name`` that ``node`` was asked for this round: what its reply
+        must hold (``CompressionStrategy.set_reply_blocks``)."""
+        rank = self._asked.get(node)
+        return tuple(shape) if rank is None else self.rank_block(name, tuple(shape), rank)
+
+    def _mask(self, node: int, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The entries ``node``'s rank covers, None when it covers the whole tensor."""
+        block = self.reply_block(node, name, shape)
+        if block == tuple(shape):
+            return None
+        mask = np.zeros(shape, dtype=bool)
+        mask[tuple(slice(0, n) for n in block)] = True
+        return mask
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -93,15 +112,13 @@ class RankTiers(Forwarding):
         """Replace each valid reply's arrays by the global plus its rescaled masked update."""
         assert self._global is not None
         weights = np.array([_weight(m) for m in valid], dtype=np.float64)
-        masks = []
-        for msg in valid:
-            rank = self._asked.get(msg.metadata.src_node_id)
-            masks.append(
-                {
-                    name: None if rank is None else self.rank_mask(name, value.shape, rank)
-                    for name, value in self._global.items()
-                }
-            )
+        masks = [
+            {
+                name: self._mask(msg.metadata.src_node_id, name, value.shape)
+                for name, value in self._global.items()
+            }
+            for msg in valid
+        ]
         scale: dict[str, np.ndarray] = {}
         total = weights.sum()
         for name, value in self._global.items():

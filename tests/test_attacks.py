@@ -7,18 +7,27 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord
 
 from flora_app.attacks import attacked_update, flipped_labels, is_attacker
 from flora_app.client_app import app, train
 from flora_app.config import ConfigError, FloraConfig
+from flora_app.ml.lora import rank_block
+from strategies.blocks import update_of
+from strategies.choices import RANK_KEY
 from strategies.codecs import decode_blob, get_codec
 from strategies.wire import encode_content, make_header, record_to_blob, record_to_numpy
 from tests.helpers import make_arrays, make_context, make_message, train_content
 
 
-def _reply_update(run_config: dict, partition: int) -> tuple[OrderedDict, OrderedDict]:
-    """(update the real app sends as an 'update' reply, the honest update) for ``partition``."""
+def _reply_update(
+    run_config: dict, partition: int, rank: int | None = None
+) -> tuple[OrderedDict, OrderedDict]:
+    """(update the real app sends as an 'update' reply, the honest update) for ``partition``,
+    asked for ``rank`` components (``rank-tiers``) when given."""
     plain = train_content(run_config)
+    if rank is not None:
+        plain["config"] = ConfigRecord({**plain["config"], RANK_KEY: rank})
     header = make_header("fp32", reply_codec="fp32", reply="update")
     encoded = encode_content(plain, get_codec("fp32"), header)
     reply = app(make_message(encoded), make_context(run_config, partition_id=partition))
@@ -30,8 +39,7 @@ def _reply_update(run_config: dict, partition: int) -> tuple[OrderedDict, Ordere
             "arrays"
         ]
     )
-    received = record_to_numpy(plain["arrays"])
-    return sent, OrderedDict((k, trained[k] - received[k]) for k in trained)
+    return sent, update_of(trained, record_to_numpy(plain["arrays"]))
 
 
 def _norm(arrays: OrderedDict) -> float:
@@ -41,6 +49,19 @@ def _norm(arrays: OrderedDict) -> float:
 def test_sign_flip_sends_the_negated_update_through_the_codec(tiny_run_config: dict) -> None:
     cfg = {**tiny_run_config, "byzantine-clients": 2, "attack": "sign-flip"}
     sent, honest = _reply_update(cfg, partition=1)
+    assert _norm(honest) > 0
+    for k in honest:
+        np.testing.assert_allclose(sent[k], -honest[k], atol=1e-6)
+
+
+def test_an_attacker_with_a_smaller_rank_flips_only_the_block_it_sends(
+    tiny_run_config: dict,
+) -> None:
+    cfg = {**tiny_run_config, "byzantine-clients": 2, "attack": "sign-flip"}
+    sent, honest = _reply_update(cfg, partition=1, rank=1)
+    full = record_to_numpy(train_content(cfg)["arrays"])
+    assert [v.shape for v in sent.values()] == [rank_block(k, v.shape, 1) for k, v in full.items()]
+    assert any(sent[k].size < full[k].size for k in full)  # only the components it trained
     assert _norm(honest) > 0
     for k in honest:
         np.testing.assert_allclose(sent[k], -honest[k], atol=1e-6)

@@ -1,7 +1,8 @@
 """Heterogeneous ranks (``rank-tiers``, HetLoRA-style): a node trains only its first r LoRA
-components and replies with zeros beyond them; the server averages every component over the
-nodes that trained it (checked against a hand computation), and the configuration refuses
-what the masked mean cannot compose with."""
+components and replies with only those (the leading blocks of its tensors); the server
+validates each reply against the blocks its node was asked for and averages every component
+over the nodes that trained it (checked against a hand computation), and the configuration
+refuses what the masked mean cannot compose with."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from flwr.app import ConfigRecord, RecordDict
 
 from flora_app.client_app import train
 from flora_app.config import ConfigError, FloraConfig
-from flora_app.ml.lora import rank_mask
+from flora_app.ml.lora import rank_block
 from strategies import FedLoRA
+from strategies.blocks import leading_block
 from strategies.choices import RANK_KEY
 from strategies.rank_tiers import RankTiers
 from strategies.wire import numpy_to_record, record_to_numpy
@@ -41,12 +43,30 @@ def _global() -> OrderedDict:
     )
 
 
-def test_each_component_is_the_mean_over_the_nodes_that_trained_it() -> None:
+def _rank_tiered_fedlora() -> FedLoRA:
+    """FedLoRA over ``RANKS``, composed as ``flora_app.strategy_factory`` composes it."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     strategy = FedLoRA(fraction_train=1.0, min_available_nodes=1, min_train_nodes=1)
-    strategy.strategy = RankTiers(strategy.strategy, rank_for_node=RANKS.get, rank_mask=rank_mask)
+    tiers = RankTiers(strategy.strategy, rank_for_node=RANKS.get, rank_block=rank_block)
+    strategy.strategy = tiers
+    strategy.set_reply_blocks(tiers.reply_block)
+    return strategy
+
+
+def _sent(arrays: OrderedDict, node: int) -> OrderedDict:
+    """What ``node`` sends of ``arrays``: the leading blocks of its rank."""
+    rank = RANKS[node]
+    if rank is None:
+        return arrays
+    return OrderedDict(
+        (k, leading_block(v, rank_block(k, v.shape, rank))) for k, v in arrays.items()
+    )
+
+
+def test_each_component_is_the_mean_over_the_nodes_that_trained_it() -> None:
+    strategy = _rank_tiered_fedlora()
     g = _global()
     messages = strategy.configure_train(1, numpy_to_record(g), ConfigRecord({}), _Nodes())
     asked = {m.metadata.dst_node_id: m.content["config"].get(RANK_KEY) for m in messages}
@@ -62,14 +82,17 @@ def test_each_component_is_the_mean_over_the_nodes_that_trained_it() -> None:
         updates[node] = u
     replies = [
         make_reply(
-            OrderedDict((k, (g[k] + updates[n][k]).astype(np.float32)) for k in g),
+            _sent(OrderedDict((k, (g[k] + updates[n][k]).astype(np.float32)) for k in g), n),
             WEIGHTS[n],
             n,
             "fp32",
         )
         for n in RANKS
     ]
+    sizes = {m.metadata.src_node_id: len(m.content["arrays"]["payload"].data) for m in replies}
+    assert sizes[3] < sizes[1] < sizes[2]  # rank 1 < rank 2 < rank 4: only what they trained
     arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.take_round_metrics()["rejected_replies"] == 0
     got = record_to_numpy(arrays)
 
     def covers(node: int, component: int) -> bool:
@@ -90,19 +113,38 @@ def test_each_component_is_the_mean_over_the_nodes_that_trained_it() -> None:
     assert not np.allclose(got[A][3], g[A][3] + 0.5 * updates[2][A][3], atol=1e-3)
 
 
-def test_a_node_trains_only_its_first_components(tiny_run_config: dict) -> None:
+def test_a_reply_with_more_than_its_rank_is_rejected_and_counted() -> None:
+    """Node 3 was asked for rank 1 and sends all 4 components: the server refuses it (one
+    line naming the shape), counts it, and aggregates the other two replies alone."""
+    strategy = _rank_tiered_fedlora()
+    g = _global()
+    strategy.configure_train(1, numpy_to_record(g), ConfigRecord({}), _Nodes())
+    moved = OrderedDict((k, (v + 1.0).astype(np.float32)) for k, v in g.items())
+    replies = [make_reply(_sent(moved, 1), 10, 1, "fp32"), make_reply(moved, 20, 3, "fp32")]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.take_round_metrics()["rejected_replies"] == 1
+    got = record_to_numpy(arrays)  # node 1 alone: its rank-2 block moved by 1, the rest kept
+    expected_a = g[A].copy()
+    expected_a[:2] += 1.0
+    np.testing.assert_allclose(got[A], expected_a, rtol=1e-6)
+    np.testing.assert_allclose(got[NORM], g[NORM] + 1.0, rtol=1e-6)
+
+
+def test_a_node_trains_and_sends_only_its_first_components(tiny_run_config: dict) -> None:
     content = train_content(tiny_run_config)
     received = record_to_numpy(content["arrays"])
     config = ConfigRecord({**content["config"], RANK_KEY: 2})
     asked = RecordDict({"arrays": content["arrays"], "config": config})
     reply = train(make_message(asked), make_context(tiny_run_config))
     trained = record_to_numpy(reply.content["arrays"])
-    lora = [k for k in trained if rank_mask(k, trained[k].shape, 2) is not None]
-    assert lora
-    for name in lora:
-        outside = ~rank_mask(name, trained[name].shape, 2)
-        assert np.array_equal(trained[name][outside], received[name][outside])  # update 0
-    moved = [k for k in lora if not np.array_equal(trained[k], received[k])]
+    assert list(trained) == list(received)
+    blocks = {k: rank_block(k, v.shape, 2) for k, v in received.items()}
+    lora = [k for k in received if blocks[k] != received[k].shape]
+    assert lora  # A's rows and B's columns beyond rank 2 do not travel
+    assert all(trained[k].shape == blocks[k] for k in trained)
+    moved = [
+        k for k in lora if not np.array_equal(trained[k], leading_block(received[k], blocks[k]))
+    ]
     assert moved  # the first components did train
 
 
@@ -123,7 +165,15 @@ def test_rank_tiers_are_checked_before_anything_starts(extra: dict, expected: st
     assert "rank-tiers" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_run_with_rank_tiers_trains_every_round(tmp_path, tiny_run_config: dict) -> None:
+@pytest.mark.parametrize(
+    "strategy",
+    [{"strategy": "flocora", "quant-bits": 8}, {"strategy": "flasc"}],
+    ids=["flocora", "flasc"],
+)
+def test_a_run_with_rank_tiers_trains_every_round(
+    tmp_path, tiny_run_config: dict, strategy: dict
+) -> None:
+    """Every reply, quantized or top-k sparse blocks of two sizes, is accepted each round."""
     import json
 
     from flora_app.server_app import run
@@ -131,8 +181,7 @@ def test_a_run_with_rank_tiers_trains_every_round(tmp_path, tiny_run_config: dic
 
     config = {
         **tiny_run_config,
-        "strategy": "flocora",
-        "quant-bits": 8,
+        **strategy,
         "rank-tiers": "0.5:1,0.5:4",
         "num-server-rounds": 2,
         "fraction-train": 1.0,
@@ -146,3 +195,4 @@ def test_a_run_with_rank_tiers_trains_every_round(tmp_path, tiny_run_config: dic
     rounds = [json.loads(line) for line in lines]
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["replies"] == 4 and r["failed_replies"] == 0 for r in rounds)
+    assert all(r["rejected_replies"] == 0 and r["aggregated_replies"] == 4 for r in rounds)

@@ -201,20 +201,20 @@ def _is_lora_b(name: str) -> bool:
     return ".lora_B." in name or name.endswith(".lora_B")
 
 
-def rank_mask(name: str, shape: tuple[int, ...], rank: int) -> np.ndarray | None:
-    """The entries of an exchanged tensor that the first ``rank`` LoRA components own (True),
-    or None for a tensor without rank components (norms, head: always trained whole).
-
-    peft keeps the components along dim 0 of A (``(r, ...)``) and dim 1 of B (``(out, r, ...)``).
-    """
+def _rank_axis(name: str, shape: tuple[int, ...]) -> int | None:
+    """The axis of an exchanged tensor that holds LoRA's components: peft keeps them along dim
+    0 of A (``(r, ...)``) and dim 1 of B (``(out, r, ...)``); None for norms and the head."""
     axis = 0 if _is_lora_a(name) else 1 if _is_lora_b(name) else None
-    if axis is None or len(shape) <= axis:
-        return None
-    mask = np.zeros(shape, dtype=bool)
-    index: list[slice] = [slice(None)] * len(shape)
-    index[axis] = slice(0, rank)
-    mask[tuple(index)] = True
-    return mask
+    return None if axis is None or len(shape) <= axis else axis
+
+
+def rank_block(name: str, shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
+    """The shape of the leading block of an exchanged tensor that the first ``rank`` LoRA
+    components own: all of a tensor without components (norms, head: trained whole)."""
+    axis = _rank_axis(name, shape)
+    if axis is None:
+        return tuple(shape)
+    return tuple(min(rank, n) if i == axis else n for i, n in enumerate(shape))
 
 
 def keep_rank(model: nn.Module, rank: int) -> None:
@@ -227,17 +227,6 @@ def keep_rank(model: nn.Module, rank: int) -> None:
                 parameter[rank:] = 0.0
             elif _is_lora_b(name):
                 parameter[:, rank:] = 0.0
-
-
-def restore_outside_rank(
-    trained: dict[str, np.ndarray], received: dict[str, np.ndarray], rank: int
-) -> None:
-    """Put the received values back where ``rank`` does not reach (in place), so the update
-    the node sends is zero there rather than minus the global."""
-    for name, value in trained.items():
-        mask = rank_mask(name, value.shape, rank)
-        if mask is not None:
-            value[~mask] = received[name][~mask]
 
 
 def _train_in_full(base: nn.Module, name: str, adapter: str) -> None:

@@ -40,7 +40,7 @@ from flora_app.task import (
     partition_of,
 )
 from flora_app.tiers import TIER_KEY
-from strategies.blocks import leading_block
+from strategies.blocks import leading_block, with_block
 from strategies.choices import DOWNLINK_MBPS_KEY, RANK_KEY, UPLINK_MBPS_KEY
 from strategies.mod import client_clipping_mod, make_compression_mod
 from strategies.wire import numpy_to_record, record_to_numpy
@@ -90,8 +90,26 @@ def _prepare(msg: Message, context: Context):
             f"{expected}; check that seed, model, model-width and the torch version match"
         )
     model = build_trainable(spec)
-    load_exchanged_state(model, spec, record_to_numpy(msg.content["arrays"]))
+    arrays = record_to_numpy(msg.content["arrays"])
+    rank = msg.content["config"].get(RANK_KEY)
+    if rank is not None:  # a node of a smaller rank is sent only its blocks (strategies.blocks)
+        arrays = _within_rank(arrays, exchanged_state(model, spec), int(rank))
+    load_exchanged_state(model, spec, arrays)
     return cfg, dataset, train_split, val_split, spec, model
+
+
+def _within_rank(
+    arrays: Mapping[str, np.ndarray], full: Mapping[str, np.ndarray], rank: int
+) -> OrderedDict[str, np.ndarray]:
+    """The received blocks of ``rank`` put into the model's shapes, zero beyond them (the
+    components ``keep_rank`` zeroes anyway); anything else is left for the exact load check."""
+    out = OrderedDict(arrays)
+    for name, value in full.items():
+        got = arrays.get(name)
+        block = rank_block(name, value.shape, rank)
+        if got is not None and got.shape == block != value.shape:
+            out[name] = with_block(np.zeros_like(value), got)
+    return out
 
 
 @app.train()

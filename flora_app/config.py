@@ -368,7 +368,7 @@ class CompressionSection(Section):
     rank_tiers: str = key(
         "",
         "heterogeneous devices by LoRA rank, 'share:rank,...': shares of the nodes (summing to "
-        "1), each training and sending only the first rank components (HetLoRA); every "
+        "1), each receiving, training and sending only the first rank components (HetLoRA); every "
         "component is averaged over the nodes that trained it; empty: all train lora-r",
     )
 

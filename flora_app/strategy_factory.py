@@ -129,5 +129,5 @@ def build_strategy(
             strategy.strategy, rank_for_node=_as_int(ranks), rank_block=rank_block
         )
         strategy.strategy = tiers_of_ranks
-        strategy.set_reply_blocks(tiers_of_ranks.reply_block)
+        strategy.set_node_blocks(tiers_of_ranks.node_block)
     return strategy

@@ -1,12 +1,13 @@
-"""Leading blocks: a node that trains only part of each tensor sends only that part.
+"""Leading blocks: a node that trains only part of each tensor is sent and sends only that part.
 
 HetLoRA-style rank tiers (``strategies.rank_tiers``) give a weak node the first r of the r_max
-LoRA components. Everything beyond them is, in the node's reply, exactly what it received, so
-instead of travelling as zeros (a zero update, or the global's own values) the reply carries the
-*leading block* of each tensor, ``value[:s0, :s1, ...]``, and the server puts it back into the
-global's shape: the rest of an update is zero, the rest of the weights is the global. Which block
-a node sends is the app's knowledge (which axis holds LoRA's components); the wire only needs
-the shapes, and validates every reply against the shapes its node was asked for.
+LoRA components. It zeroes the others before training, so it needs only the *leading block* of
+each tensor of the global, ``value[:s0, :s1, ...]``; everything beyond them is, in its reply,
+exactly what it received, so the reply carries the leading blocks too, and the server puts them
+back into the global's shape: the rest of an update is zero, the rest of the weights is the
+global. Which block a node trains is the app's knowledge (which axis holds LoRA's components);
+the wire only needs the shapes, and validates every reply against the shapes its node was asked
+for.
 """
 
 from __future__ import annotations
@@ -49,3 +50,14 @@ def update_of(
     if list(received) != list(trained):
         raise ValueError("reply tensors differ from the received ones; cannot form an update")
     return OrderedDict((k, v - leading_block(received[k], v.shape)) for k, v in trained.items())
+
+
+def leading_blocks(
+    arrays: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]
+) -> OrderedDict[str, np.ndarray] | None:
+    """``arrays`` cut to the shapes of ``like`` (the same names in the same order), or None
+    when the names differ or a block does not fit: the part of a full copy that a node of a
+    smaller rank holds."""
+    if list(arrays) != list(like) or not all(fits(like[k].shape, arrays[k].shape) for k in like):
+        return None
+    return OrderedDict((k, leading_block(arrays[k], like[k].shape)) for k in like)

@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
 
-from strategies.blocks import BlockShape, with_block
+from strategies.blocks import BlockShape, leading_block, leading_blocks, with_block
 from strategies.choices import UPDATE_NORM_ACTIONS
 from strategies.codecs import Codec, CodecError, decode_blob, get_codec, with_entropy
 from strategies.validation import (
@@ -174,7 +174,9 @@ class CompressionStrategy(Strategy):
         self._origin_digest = ""
         self._from_origin: set[int] = set()  # sent a change from the origin this round
         self._origin_refused: set[int] = set()  # answered one with an error: zeros from now
-        self._reply_block: BlockShape | None = None
+        self._node_block: BlockShape | None = None
+        # the origin's leading blocks by layout, with their digest (node blocks with a delta)
+        self._origin_cuts: dict[tuple, tuple[OrderedDict[str, np.ndarray], str] | None] = {}
 
     def set_delta_origin(self, arrays: Mapping[str, np.ndarray]) -> None:
         """With ``downlink_delta``: the adapters every node holds before its first message (the
@@ -187,14 +189,17 @@ class CompressionStrategy(Strategy):
         origin differs) gets changes from zeros from then on."""
         self._origin = OrderedDict((k, np.asarray(v, np.float32)) for k, v in arrays.items())
         self._origin_digest = state_digest(self._origin)
+        self._origin_cuts = {}
 
-    def set_reply_blocks(self, block: BlockShape) -> None:
+    def set_node_blocks(self, block: BlockShape) -> None:
         """Heterogeneous ranks: ``block(node, name, shape)`` is the leading block of each
-        tensor that node sends (``strategies.blocks``), the rest of its reply being what it was
-        sent. A reply is validated against its node's blocks, so a node sending more than it
-        was asked for is rejected, and is put back into the global's shape before anything
-        aggregates it (a zero update, or the global's weights, outside the block)."""
-        self._reply_block = block
+        tensor that node trains (``strategies.blocks``). Its training messages carry only those
+        blocks of the global (with a downlink delta, the change of them; its first copy the
+        origin's blocks). Its reply holds only them too, the rest being what it was sent: a
+        reply is validated against its node's blocks, so a node sending more than it was asked
+        for is rejected, and is put back into the global's shape before anything aggregates it
+        (a zero update, or the global's weights, outside the block)."""
+        self._node_block = block
 
     def first_copy(self, arrays: Mapping[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         """What a node with no copy yet rebuilds when sent ``arrays`` for training: the quality
@@ -267,10 +272,14 @@ class CompressionStrategy(Strategy):
         self, messages: Iterable[Message], train: bool, server_round: int = 0
     ) -> list[Message]:
         started = time.perf_counter()
-        # Inner strategies share one RecordDict per round; it is encoded once per uplink asked.
+        # Inner strategies share one RecordDict per round; it is encoded once per uplink asked
+        # (and, with node blocks, once per set of blocks).
         encoded: dict[tuple[int, str], RecordDict] = {}
+        cut: dict[tuple[int, tuple], RecordDict] = {}
         out = []
         for msg in messages:
+            if train and self._node_block is not None:
+                msg.content = self._blocks_of(msg.content, msg.metadata.dst_node_id, cut)
             uplink = self.uplink
             if train and self.uplink_for_node is not None:
                 node = msg.metadata.dst_node_id
@@ -288,6 +297,30 @@ class CompressionStrategy(Strategy):
             out.append(msg)
         self._add_seconds(time.perf_counter() - started)
         return out
+
+    def _blocks_of(
+        self, content: RecordDict, node: int, cut: dict[tuple[int, tuple], RecordDict]
+    ) -> RecordDict:
+        """``content`` with its adapters cut to the blocks ``node`` trains (itself when they
+        are whole); one copy per distinct set of blocks, kept in ``cut``."""
+        assert self._node_block is not None
+        records = list(content.array_records.items())
+        if len(records) != 1:
+            return content
+        arrays_key, record = records[0]
+        shapes = {k: tuple(a.shape) for k, a in record.items()}
+        blocks = {k: self._node_block(node, k, shape) for k, shape in shapes.items()}
+        if blocks == shapes:
+            return content
+        key = (id(content), tuple(blocks.values()))
+        if key not in cut:
+            arrays = record_to_numpy(record)
+            out = RecordDict({k: v for k, v in content.items() if k != arrays_key})
+            out[arrays_key] = numpy_to_record(
+                OrderedDict((k, leading_block(v, blocks[k])) for k, v in arrays.items())
+            )
+            cut[key] = out
+        return cut[key]
 
     def _codec(self, spec: str) -> Codec:
         """The codec ``spec`` names, with this strategy's entropy stage."""
@@ -322,13 +355,11 @@ class CompressionStrategy(Strategy):
         target = record_to_numpy(record)
         held = self._mirrors.pop(node, None)
         self._from_origin.discard(node)
-        origin = self._origin
+        origin = self._origin_like(target) if node not in self._origin_refused else None
         if held is not None and _same_layout(held, target):
             base = state_digest(held)
-        elif (
-            origin is not None and _same_layout(origin, target) and node not in self._origin_refused
-        ):
-            held, base = origin, self._origin_digest
+        elif origin is not None:
+            held, base = origin
             self._from_origin.add(node)
         else:
             held, base = OrderedDict((k, np.zeros_like(v)) for k, v in target.items()), ""
@@ -340,6 +371,22 @@ class CompressionStrategy(Strategy):
         out[HEADER_KEY] = self._train_header(uplink, delta_base=base)
         self._note_payload("down_", out[arrays_key])
         return out
+
+    def _origin_like(
+        self, target: Mapping[str, np.ndarray]
+    ) -> tuple[Mapping[str, np.ndarray], str] | None:
+        """The origin and its digest in ``target``'s layout (its leading blocks for a node of a
+        smaller rank, as the node cuts its own), or None when there is no origin or it cannot
+        be cut to that layout."""
+        if self._origin is None:
+            return None
+        if _same_layout(self._origin, target):
+            return self._origin, self._origin_digest
+        layout = tuple((k, v.shape) for k, v in target.items())
+        if layout not in self._origin_cuts:
+            cut = leading_blocks(self._origin, target)
+            self._origin_cuts[layout] = None if cut is None else (cut, state_digest(cut))
+        return self._origin_cuts[layout]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -375,8 +422,8 @@ class CompressionStrategy(Strategy):
             )
         node = msg.metadata.src_node_id
         shapes = {k: v.shape for k, v in self._global.items()}
-        if self._reply_block is not None:
-            shapes = {k: self._reply_block(node, k, shape) for k, shape in shapes.items()}
+        if self._node_block is not None:
+            shapes = {k: self._node_block(node, k, shape) for k, shape in shapes.items()}
         asked = self._asked.get(node, self.uplink)
         codec = self.uplink_codec if asked == self.uplink else get_codec(asked)
         check_payload_size(len(record_to_blob(record)), codec, shapes)
@@ -384,7 +431,7 @@ class CompressionStrategy(Strategy):
         self._note_payload("up_", record)  # only what decoded: a bound on what it inflates to
         received = record_to_numpy(content[arrays_key])
         check_finite(received)
-        if self._reply_block is not None:
+        if self._node_block is not None:
             received = self._whole(received)
             content[arrays_key] = numpy_to_record(received)
         if self.reply == "update":

@@ -22,7 +22,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from strategies.blocks import update_of
+from strategies.blocks import leading_blocks, update_of
 from strategies.codecs import CodecError, decode_blob, get_codec
 from strategies.wire import (
     DELTA_BASE,
@@ -74,7 +74,7 @@ def _rebuilt(content: RecordDict, base: str, context: Context, origin: Origin | 
     key, record = _single_arrays(content, "the train message")
     change = record_to_numpy(record)
     if base:
-        copy = _copy_named(base, context, origin, list(change))
+        copy = _copy_named(base, context, origin, change)
         if copy is None:
             raise CodecError(
                 f"this node does not hold the copy (digest {base[:12]}) the server's downlink "
@@ -88,16 +88,19 @@ def _rebuilt(content: RecordDict, base: str, context: Context, origin: Origin | 
 
 
 def _copy_named(
-    base: str, context: Context, origin: Origin | None, names: list[str]
+    base: str, context: Context, origin: Origin | None, change: Mapping[str, np.ndarray]
 ) -> Mapping[str, np.ndarray] | None:
-    """The node's held copy, else its origin, whichever has digest ``base`` and ``names``."""
+    """The node's held copy, else its origin (cut to the change's leading blocks when the
+    node trains fewer LoRA components: ``strategies.blocks``), whichever has digest ``base``
+    and the change's tensors."""
     held = context.state.get(HELD_KEY)
     candidates = [lambda: record_to_numpy(held)] if isinstance(held, ArrayRecord) else []
     if origin is not None:
-        candidates.append(lambda: origin(context))
+        candidates.append(lambda: leading_blocks(origin(context), change))
     for candidate in candidates:
         copy = candidate()
-        if list(copy) == names and state_digest(copy) == base:
+        # the digest covers every name and shape: equal digests, the same layout
+        if copy is not None and list(copy) == list(change) and state_digest(copy) == base:
             return copy
     return None
 

@@ -2,14 +2,14 @@
 components, and every component is averaged over the nodes that trained it.
 
 A weak device is asked for rank r below the global rank (``lora-rank`` in its training config);
-it trains the truncated adapter and replies with only the components it trained: the leading
-block of each tensor (``strategies.blocks``). The ``CompressionStrategy`` above this wrapper
-validates each reply against the blocks its node was asked for (``reply_block``, given to its
-``set_reply_blocks``) and puts it back into the global's shapes, so the update arriving here is
-zero outside the node's rank. A plain weighted mean would pull the higher components toward
-zero by every node that never saw them, so before the inner strategy aggregates, each reply's
-update is masked to the entries its rank covers and scaled by the inverse share of the round's
-weight that covers each entry:
+it is sent only the leading block of each tensor (``strategies.blocks``), trains the truncated
+adapter and replies with only the components it trained. The ``CompressionStrategy`` above this
+wrapper (told ``node_block`` through its ``set_node_blocks``) cuts the messages to those blocks,
+validates each reply against them and puts it back into the global's shapes, so the update
+arriving here is zero outside the node's rank. A plain weighted mean would pull the higher
+components toward zero by every node that never saw them, so before the inner strategy
+aggregates, each reply's update is masked to the entries its rank covers and scaled by the
+inverse share of the round's weight that covers each entry:
 
     u_i' = m_i * u_i * (sum_j w_j) / (sum_j w_j m_j)
 
@@ -84,15 +84,15 @@ class RankTiers(Forwarding):
             out.append(msg)
         return out
 
-    def reply_block(self, node: int, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    def node_block(self, node: int, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The block of tensor ``name`` that ``node`` was asked for this round: what its reply
-        must hold (``CompressionStrategy.set_reply_blocks``)."""
+        must hold (``CompressionStrategy.set_node_blocks``)."""
         rank = self._asked.get(node)
         return tuple(shape) if rank is None else self.rank_block(name, tuple(shape), rank)
 
     def _mask(self, node: int, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
         """The entries ``node``'s rank covers, None when it covers the whole tensor."""
-        block = self.reply_block(node, name, shape)
+        block = self.node_block(node, name, shape)
         if block == tuple(shape):
             return None
         mask = np.zeros(shape, dtype=bool)

@@ -10,16 +10,25 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from flora_app.client_app import train
 from flora_app.config import ConfigError, FloraConfig
 from flora_app.ml.lora import rank_block
-from strategies import FedLoRA
+from strategies import FedLoRA, FLoCoRA
 from strategies.blocks import leading_block
 from strategies.choices import RANK_KEY
+from strategies.compression import CompressionStrategy
+from strategies.mod import make_compression_mod
 from strategies.rank_tiers import RankTiers
-from strategies.wire import numpy_to_record, record_to_numpy
+from strategies.wire import (
+    DELTA_BASE,
+    decode_content,
+    numpy_to_record,
+    read_header,
+    record_to_numpy,
+    state_digest,
+)
 from tests.helpers import make_context, make_message, make_reply, train_content
 
 A, B, NORM = "m.conv.lora_A.weight", "m.conv.lora_B.weight", "m.norm.weight"
@@ -43,15 +52,17 @@ def _global() -> OrderedDict:
     )
 
 
-def _rank_tiered_fedlora() -> FedLoRA:
-    """FedLoRA over ``RANKS``, composed as ``flora_app.strategy_factory`` composes it."""
+def _rank_tiered(strategy: CompressionStrategy | None = None) -> CompressionStrategy:
+    """``strategy`` (FedLoRA by default) over ``RANKS``, composed as
+    ``flora_app.strategy_factory`` composes it."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    strategy = FedLoRA(fraction_train=1.0, min_available_nodes=1, min_train_nodes=1)
+    if strategy is None:
+        strategy = FedLoRA(fraction_train=1.0, min_available_nodes=1, min_train_nodes=1)
     tiers = RankTiers(strategy.strategy, rank_for_node=RANKS.get, rank_block=rank_block)
     strategy.strategy = tiers
-    strategy.set_reply_blocks(tiers.reply_block)
+    strategy.set_node_blocks(tiers.node_block)
     return strategy
 
 
@@ -66,11 +77,16 @@ def _sent(arrays: OrderedDict, node: int) -> OrderedDict:
 
 
 def test_each_component_is_the_mean_over_the_nodes_that_trained_it() -> None:
-    strategy = _rank_tiered_fedlora()
+    strategy = _rank_tiered()
     g = _global()
     messages = strategy.configure_train(1, numpy_to_record(g), ConfigRecord({}), _Nodes())
     asked = {m.metadata.dst_node_id: m.content["config"].get(RANK_KEY) for m in messages}
     assert asked == RANKS  # each node is told its rank; the full-rank node is told nothing
+    for msg in messages:  # and is sent only the blocks of its rank, in fp32: exactly them
+        node = msg.metadata.dst_node_id
+        got = record_to_numpy(decode_content(msg.content)["arrays"])
+        assert all(np.array_equal(got[k], v) for k, v in _sent(g, node).items())
+        assert [v.shape for v in got.values()] == [v.shape for v in _sent(g, node).values()]
 
     rng = np.random.default_rng(1)
     updates = {}
@@ -113,10 +129,65 @@ def test_each_component_is_the_mean_over_the_nodes_that_trained_it() -> None:
     assert not np.allclose(got[A][3], g[A][3] + 0.5 * updates[2][A][3], atol=1e-3)
 
 
+def test_with_a_downlink_delta_a_smaller_rank_starts_from_the_origins_blocks() -> None:
+    """The first copy a rank-r node gets is the 8-bit change from the leading blocks of the
+    origin (which the node cuts from its own), not a coded copy from zeros; it rebuilds the
+    blocks of the global round after round, and its replies in blocks are all accepted."""
+    origin = _global()
+    strategy = _rank_tiered(
+        FLoCoRA(
+            fraction_train=1.0,
+            min_available_nodes=1,
+            min_train_nodes=1,
+            quant_bits=8,
+            quant_bits_down=8,
+            downlink_delta=True,
+        )
+    )
+    strategy.set_delta_origin(origin)
+    mod = make_compression_mod(origin=lambda context: origin)
+    contexts = {n: Context(1, n, {}, RecordDict(), {}) for n in RANKS}
+    received: dict[int, OrderedDict] = {}
+
+    def handler(msg: Message, context: Context) -> Message:
+        arrays = record_to_numpy(msg.content["arrays"])
+        received[context.node_id] = arrays
+        trained = OrderedDict((k, v + np.float32(0.01)) for k, v in arrays.items())
+        content = RecordDict(
+            {"arrays": numpy_to_record(trained), "metrics": MetricRecord({"num-examples": 10})}
+        )
+        return Message(content=content, reply_to=msg)
+
+    g = origin
+    rng = np.random.default_rng(2)
+    for server_round in (1, 2, 3):
+        g = OrderedDict(
+            (k, (v + 0.05 * rng.normal(size=v.shape)).astype(np.float32)) for k, v in g.items()
+        )
+        messages = list(
+            strategy.configure_train(server_round, numpy_to_record(g), ConfigRecord({}), _Nodes())
+        )
+        if server_round == 1:
+            bases = {m.metadata.dst_node_id: read_header(m.content)[DELTA_BASE] for m in messages}
+            assert bases == {n: state_digest(_sent(origin, n)) for n in RANKS}
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            delivered = make_message(msg.content, src=0, dst=node, mid=f"m{node}")
+            replies.append(mod(delivered, contexts[node], handler))
+        assert not any(r.has_error() for r in replies)
+        strategy.aggregate_train(server_round, replies)
+        assert strategy.take_round_metrics()["rejected_replies"] == 0
+        for node, arrays in received.items():  # the blocks of the global, within 8 bits
+            want = _sent(g, node)
+            assert [v.shape for v in arrays.values()] == [v.shape for v in want.values()]
+            assert max(float(np.abs(arrays[k] - want[k]).max()) for k in want) < 0.02
+
+
 def test_a_reply_with_more_than_its_rank_is_rejected_and_counted() -> None:
     """Node 3 was asked for rank 1 and sends all 4 components: the server refuses it (one
     line naming the shape), counts it, and aggregates the other two replies alone."""
-    strategy = _rank_tiered_fedlora()
+    strategy = _rank_tiered()
     g = _global()
     strategy.configure_train(1, numpy_to_record(g), ConfigRecord({}), _Nodes())
     moved = OrderedDict((k, (v + 1.0).astype(np.float32)) for k, v in g.items())
@@ -147,6 +218,14 @@ def test_a_node_trains_and_sends_only_its_first_components(tiny_run_config: dict
     ]
     assert moved  # the first components did train
 
+    # Sent only its blocks (as flora's server sends them), it trains exactly the same adapter.
+    cut = OrderedDict((k, leading_block(v, blocks[k])) for k, v in received.items())
+    asked_blocks = RecordDict({"arrays": numpy_to_record(cut), "config": config})
+    again = record_to_numpy(
+        train(make_message(asked_blocks), make_context(tiny_run_config)).content["arrays"]
+    )
+    assert all(np.array_equal(again[k], trained[k]) for k in trained)
+
 
 @pytest.mark.parametrize(
     ("extra", "expected"),
@@ -167,13 +246,18 @@ def test_rank_tiers_are_checked_before_anything_starts(extra: dict, expected: st
 
 @pytest.mark.parametrize(
     "strategy",
-    [{"strategy": "flocora", "quant-bits": 8}, {"strategy": "flasc"}],
-    ids=["flocora", "flasc"],
+    [
+        {"strategy": "flocora", "quant-bits": 8},
+        {"strategy": "flasc"},
+        {"strategy": "flocora", "quant-bits": 8, "quant-bits-down": 4, "downlink-delta": True},
+    ],
+    ids=["flocora", "flasc", "flocora-downlink-delta"],
 )
 def test_a_run_with_rank_tiers_trains_every_round(
     tmp_path, tiny_run_config: dict, strategy: dict
 ) -> None:
-    """Every reply, quantized or top-k sparse blocks of two sizes, is accepted each round."""
+    """Every node of the real ClientApp trains the blocks it is sent (quantized, top-k sparse,
+    or as the change from its copy), and every reply in blocks of two sizes is accepted."""
     import json
 
     from flora_app.server_app import run

@@ -447,10 +447,14 @@ class CompressionStrategy(Strategy):
 
     def _whole(self, received: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         """Leading blocks back in the global's shapes: zero outside an update, the global's
-        values outside weights (what the node was sent, and did not train)."""
+        values outside weights (what the node was sent, and did not train). A whole tensor
+        (a full-rank node's, a norm's) is kept as it is, not copied."""
         assert self._global is not None
         fill = np.zeros_like if self.reply == "update" else np.asarray
-        return OrderedDict((k, with_block(fill(g), received[k])) for k, g in self._global.items())
+        return OrderedDict(
+            (k, received[k] if received[k].shape == g.shape else with_block(fill(g), received[k]))
+            for k, g in self._global.items()
+        )
 
     def _bounded(self, received: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         """``received`` with its update (received minus the global) within the norm bound,

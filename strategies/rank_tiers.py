@@ -32,6 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.blocks import leading_block
 from strategies.chain import Forwarding
 from strategies.choices import RANK_KEY
 from strategies.wire import numpy_to_record, record_to_numpy
@@ -96,7 +97,7 @@ class RankTiers(Forwarding):
         if block == tuple(shape):
             return None
         mask = np.zeros(shape, dtype=bool)
-        mask[tuple(slice(0, n) for n in block)] = True
+        leading_block(mask, block)[...] = True
         return mask
 
     def aggregate_train(

@@ -82,7 +82,7 @@ docker-test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flora_tools.docker_test
 
 test: install fashion-mnist
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=15
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=30
 
 test-fast: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not e2e"

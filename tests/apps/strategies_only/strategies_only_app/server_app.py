@@ -1,5 +1,9 @@
-"""A quickstart-shaped ServerApp: read config, build one of flora's strategies with keyword
-arguments, start it, save what came out."""
+"""A quickstart-shaped ServerApp: read config, build flora's strategies with keyword
+arguments, start each in turn on the same grid, save what came out.
+
+``strategy`` names one strategy or several, comma-separated: one ``flwr run`` then exercises
+every strategy through the same SuperNodes, each from its own fresh start (the ClientApp keeps
+nothing between messages that a strategy relies on)."""
 
 from __future__ import annotations
 
@@ -33,19 +37,18 @@ def _strategy(name: str):
     raise ValueError(f"strategy {name!r}: expected fedlora, flocora or flasc")
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    strategy = _strategy(str(context.run_config["strategy"]))
+def _start(name: str, grid: Grid, num_rounds: int) -> dict:
+    strategy = _strategy(name)
     initial = ArrayRecord([np.zeros((8, 4), np.float32), np.zeros(4, np.float32)])
     result = strategy.start(
         grid=grid,
         initial_arrays=initial,
-        num_rounds=int(context.run_config["num-server-rounds"]),
+        num_rounds=num_rounds,
         train_config=ConfigRecord({}),
     )
     w, b = result.arrays.to_numpy_ndarrays()
     losses = {int(r): float(m["eval-loss"]) for r, m in result.evaluate_metrics_clientapp.items()}
-    out = {
+    return {
         "strategy": type(strategy).__name__,
         "uplink": strategy.uplink,
         "downlink": strategy.downlink.spec,
@@ -53,4 +56,11 @@ def main(grid: Grid, context: Context) -> None:
         "w": w.tolist(),
         "b": b.tolist(),
     }
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    rounds = int(context.run_config["num-server-rounds"])
+    names = str(context.run_config["strategy"]).split(",")
+    out = {name: _start(name, grid, rounds) for name in names}
     Path(str(context.run_config["result"])).write_text(json.dumps(out))

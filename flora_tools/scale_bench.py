@@ -30,6 +30,8 @@ from pathlib import Path
 
 import psutil
 
+from flora_tools.deployment import processes
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR_APP = Path(__file__).resolve().parent / "floor_app"
 SIZES = (100, 1000, 10000)
@@ -100,7 +102,17 @@ def run(app: Path, supernodes: int, run_config: str, workdir: Path, timeout: flo
     ]
     log = workdir / f"{'flora' if app == ROOT else app.name}-{supernodes}.log"
     with PeakMemory() as memory, log.open("w") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # SIGTERM, not SIGKILL: the launcher then stops the SuperLink and the simulation it
+            # started, which a killed launcher leaves running (measured: a 10,000-node run
+            # went on training beside the next benchmark).
+            processes.wait_or_kill(proc, 120.0, terminate_first=True)
+            raise SystemExit(
+                f"{log.stem} SuperNodes: not done in {timeout:.0f} s; see {log}"
+            ) from None
     if code != 0:
         raise SystemExit(f"{log.stem} SuperNodes failed ({code}); see {log}")
     return memory.added_gb

@@ -198,6 +198,7 @@ class LocalGrid(Grid):
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
         self.train_rounds = 0
         self.trained_nodes: set[int] = set()
+        self._replies: dict[str, Message] = {}  # pushed messages' replies, by their ids
 
     def set_run(self, run):  # type: ignore[no-untyped-def]
         self._run = run
@@ -213,10 +214,16 @@ class LocalGrid(Grid):
         return list(self.node_ids)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError("the ServerApp uses send_and_receive")
+        """Delivers each message to the real ClientApp now; ``pull_messages`` hands out the
+        replies (what the ServerApp's partition query uses)."""
+        ids = []
+        for reply in self.send_and_receive(messages):
+            ids.append(reply.metadata.reply_to_message_id)
+            self._replies[ids[-1]] = reply
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError("the ServerApp uses send_and_receive")
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -172,7 +172,21 @@ class StopRunError(Exception):
     """Raised by the grid to cut a run short, as a killed server would be."""
 
 
-class LocalGrid(Grid):
+class InProcessGrid(Grid):
+    """What every test grid shares: the run, and messages made as Flower's Grid makes them."""
+
+    def set_run(self, run):  # type: ignore[no-untyped-def]
+        self._run = run
+
+    @property
+    def run(self):  # type: ignore[no-untyped-def]
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
+
+
+class LocalGrid(InProcessGrid):
     def __init__(
         self,
         run_config: dict,
@@ -199,16 +213,6 @@ class LocalGrid(Grid):
         self.train_rounds = 0
         self.trained_nodes: set[int] = set()
         self._replies: dict[str, Message] = {}  # pushed messages' replies, by their ids
-
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        self._run = run
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        return self._run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)

@@ -8,13 +8,13 @@ import time
 from collections.abc import Iterable
 
 from flwr.app import Message, Metadata, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 
 from flora_app.node_order import PartitionOrderedGrid
 from flora_app.task import ASK_PARTITION
+from tests.helpers import InProcessGrid
 
 
-class _TricklingGrid(Grid):
+class _TricklingGrid(InProcessGrid):
     """Answers one query per pull, the way a simulation works through a backlog; the nodes in
     ``silent`` never answer."""
 
@@ -22,16 +22,6 @@ class _TricklingGrid(Grid):
         self.partitions, self.silent = partitions, silent
         self.queue: list[Message] = []
         self.pulls = 0
-
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        self._run = run
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        return self._run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
 
     def get_node_ids(self) -> Iterable[int]:
         return [*self.partitions, *self.silent]

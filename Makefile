@@ -81,8 +81,10 @@ fuzz: install
 docker-test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flora_tools.docker_test
 
+# The deployment tests (real SuperLink/SuperNode processes, mostly waiting on Flower's polls)
+# run in a lane beside the rest (flora_tools/test_lanes.py); their lines start [deployment].
 test: install fashion-mnist
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=30
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flora_tools.test_lanes -q --durations=30
 
 test-fast: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not e2e"

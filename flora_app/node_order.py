@@ -86,7 +86,9 @@ class PartitionOrderedGrid(GridView):
         if not unknown:
             return
         asks = [
-            self._grid.create_message(partition_query(), "query", node, "partition-id")
+            Message(
+                partition_query(), dst_node_id=node, message_type="query", group_id="partition-id"
+            )
             for node in unknown
         ]
         for reply in self._answers(asks):

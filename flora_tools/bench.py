@@ -98,6 +98,7 @@ from flora_tools.bench_report import (
     headline_table,
     write_report,
 )
+from flora_tools.deployment.processes import wait_or_kill
 from flora_tools.preflight import (
     RunConfigSyntaxError,
     app_defaults,
@@ -583,17 +584,6 @@ def _finished(job: Job) -> bool:
     return True
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Ctrl-C the launcher (it stops its SuperLink on KeyboardInterrupt), then kill it."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def launch(job: Job, supernodes: int, flwr_home: Path, env: dict[str, str], timeout: float) -> int:
     """One ``flwr run`` through the launcher; its output goes to the log, progress to stdout."""
     cmd = [
@@ -623,7 +613,8 @@ def launch(job: Job, supernodes: int, flwr_home: Path, env: dict[str, str], time
                     print(f"  {job.config.name} s{job.seed}: {found.group(1)}", flush=True)
                 if time.time() > deadline:
                     print(f"  {job.config.name}: over {timeout:.0f} s, stopping", flush=True)
-                    _stop(proc)
+                    # Ctrl-C: the launcher stops its SuperLink on KeyboardInterrupt
+                    wait_or_kill(proc, 60.0, first=signal.SIGINT)
                     break
             return proc.wait()
         except KeyboardInterrupt:

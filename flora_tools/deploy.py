@@ -169,7 +169,7 @@ def cleanup(args: argparse.Namespace, code: int) -> int:
     """Stop ``flwr run`` and every started process; a leftover process fails the deploy."""
     flwr: subprocess.Popen | None = args.flwr_run
     if flwr is not None:
-        wait_or_kill(flwr, 10.0, terminate_first=True)
+        wait_or_kill(flwr, 10.0, first=signal.SIGTERM)
     dep: Deployment | None = args.deployment
     if dep is None:
         return code

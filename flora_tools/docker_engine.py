@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -200,7 +201,7 @@ class Engine:
         (containerd, shims, proxies, container processes) is left; return those PIDs."""
         if self.popen is None:
             return []
-        wait_or_kill(self.popen, timeout, terminate_first=True)
+        wait_or_kill(self.popen, timeout, first=signal.SIGTERM)
         self.popen = None
         # containerd and its shims detach from dockerd; they name our exec root in their argv.
         exec_root = str(self.root / "exec")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def run(app: Path, supernodes: int, run_config: str, workdir: Path, timeout: flo
             # SIGTERM, not SIGKILL: the launcher then stops the SuperLink and the simulation it
             # started, which a killed launcher leaves running (measured: a 10,000-node run
             # went on training beside the next benchmark).
-            processes.wait_or_kill(proc, 120.0, terminate_first=True)
+            processes.wait_or_kill(proc, 120.0, first=signal.SIGTERM)
             raise SystemExit(
                 f"{log.stem} SuperNodes: not done in {timeout:.0f} s; see {log}"
             ) from None

@@ -56,6 +56,7 @@ def _wait_for_run(flwr: subprocess.Popen, timeout: float) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.deployment
 def test_make_deploy_two_supernodes_over_tls(tmp_path: Path) -> None:
     """``flora_tools/deploy.py`` (what ``make deploy`` runs): 2 SuperNodes, 2 rounds, TLS."""
     workdir = tmp_path / "deploy"
@@ -98,6 +99,7 @@ def test_make_deploy_two_supernodes_over_tls(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.deployment
 def test_a_supernode_that_dies_mid_round_is_replaced_by_one_that_joins_late(
     deployment: Deployment, tmp_path: Path
 ) -> None:
@@ -143,6 +145,7 @@ def _without_timing(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.e2e
+@pytest.mark.deployment
 def test_a_superlink_killed_mid_round_resumes_from_its_checkpoint(
     deployment: Deployment, tmp_path: Path
 ) -> None:

@@ -132,50 +132,41 @@ def test_flocora_sends_quantized_updates_and_fewer_bytes(tmp_path: Path) -> None
     assert all(r["client_codec_seconds"] > 0 for r in rounds)
 
 
-def test_flasc_with_8_bit_values_sends_sparse_updates(tmp_path: Path) -> None:
-    """flasc (top-k down 0.25, up 0.1 with 8-bit values, Adam on the server) through flwr run."""
-    run_dir, log = _run(
-        tmp_path,
-        "strategy='flasc' density-up=0.1 density-down=0.25 sparse-value-bits=8 model='cnn' "
-        "model-width=128 lora-r=16 lora-alpha=256.0 num-server-rounds=2 local-epochs=1 "
-        "fraction-train=1.0",
-        supernodes=2,
-    )
-    assert "uplink topk:density=0.1:scope=global:values=8 (update)" in log
-    config = json.loads((run_dir / "config.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    fp32 = 4 * config["exchanged-parameters"]
-    assert summary["bytes_up_per_client_per_round"] < fp32 / 5
-    assert summary["bytes_down_per_client_per_round"] < fp32 / 2
-    for r in rounds:
-        assert r["failed_replies"] == 0 and r["replies"] == 2
-        assert r["up_density"] == pytest.approx(0.1, abs=1e-3)
-        assert r["down_density"] == pytest.approx(0.25, abs=1e-3)
-        assert 0.0 <= r["downlink_accuracy"] <= 1.0
-
-
 def _without_timing(run_dir: Path) -> list[dict]:
     """rounds.jsonl with the keys that measure time (``seconds``, ``*_seconds``) removed."""
     lines = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in lines]
 
 
-def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:
+def test_the_same_seed_gives_the_same_run_and_flasc_sends_sparse_updates(tmp_path: Path) -> None:
     """Two real `flwr run`s of one config: which partition trains when no longer follows
-    Flower's random node ids, so the runs are identical apart from timing. FLASC, because its
-    path holds every source of randomness fedlora's does (sampling, partitions, LoRA init,
-    shuffling) plus top-k both ways; FLoCoRA's is held by test_deploy's resumed-run test."""
+    Flower's random node ids, so the runs are identical apart from timing. FLASC (top-k down
+    0.25, up 0.1 with 8-bit values, Adam on the server), because its path holds every source of
+    randomness fedlora's does (sampling, partitions, LoRA init, shuffling) plus top-k both ways;
+    FLoCoRA's is held by test_deploy's resumed-run test. The first run also shows FLASC's
+    messages as they travel (one simulation less than a test of its own)."""
     config = (
-        "strategy='flasc' density-up=0.3 density-down=0.5 model='cnn' model-width=16 lora-r=4 "
-        "lora-alpha=8.0 num-server-rounds=3 local-epochs=1 fraction-train=0.5 "
-        "fraction-evaluate=0.5 partitioner='dirichlet' seed=3"
+        "strategy='flasc' density-up=0.1 density-down=0.25 sparse-value-bits=8 model='cnn' "
+        "model-width=128 lora-r=16 lora-alpha=256.0 num-server-rounds=3 local-epochs=1 "
+        "fraction-train=0.5 fraction-evaluate=0.5 partitioner='dirichlet' seed=3"
     )
-    first, _ = _run(tmp_path / "a", config, supernodes=4)
-    second, _ = _run(tmp_path / "b", config, supernodes=4)
-    a, b = _without_timing(first), _without_timing(second)
+    first, log = _run(tmp_path / "a", config, supernodes=4)
+    assert "uplink topk:density=0.1:scope=global:values=8 (update)" in log
+    run_config = json.loads((first / "config.json").read_text())
+    summary = json.loads((first / "summary.json").read_text())
+    fp32 = 4 * run_config["exchanged-parameters"]
+    assert summary["bytes_up_per_client_per_round"] < fp32 / 5
+    assert summary["bytes_down_per_client_per_round"] < fp32 / 2
+    a = _without_timing(first)
     assert len(a) == 3
-    assert a == b
+    for r in a:
+        assert r["failed_replies"] == 0 and r["replies"] == 2
+        assert r["up_density"] == pytest.approx(0.1, abs=1e-3)
+        assert r["down_density"] == pytest.approx(0.25, abs=1e-3)
+        assert 0.0 <= r["downlink_accuracy"] <= 1.0
+
+    second, _ = _run(tmp_path / "b", config, supernodes=4)
+    assert a == _without_timing(second)
 
 
 def test_a_missing_dataset_fails_the_run_with_one_line_before_training(tmp_path: Path) -> None:

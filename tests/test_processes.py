@@ -25,7 +25,7 @@ def test_wait_or_kill_kills_and_reaps_a_process_that_does_not_end() -> None:
 
 def test_wait_or_kill_terminates_first_when_asked() -> None:
     proc = _python("import time; time.sleep(60)")
-    assert processes.wait_or_kill(proc, 30.0, terminate_first=True) == -signal.SIGTERM
+    assert processes.wait_or_kill(proc, 30.0, first=signal.SIGTERM) == -signal.SIGTERM
 
 
 def test_wait_or_kill_kills_a_process_that_ignores_sigterm() -> None:
@@ -37,6 +37,6 @@ def test_wait_or_kill_kills_a_process_that_ignores_sigterm() -> None:
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    assert processes.wait_or_kill(proc, 0.5, terminate_first=True) is None
+    assert processes.wait_or_kill(proc, 0.5, first=signal.SIGTERM) is None
     assert proc.returncode == -signal.SIGKILL
     proc.stdout.close()

@@ -184,15 +184,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 def wait_or_kill(
-    popen: subprocess.Popen, timeout: float, *, terminate_first: bool = False
+    popen: subprocess.Popen, timeout: float, *, first: signal.Signals | None = None
 ) -> int | None:
-    """Give a process ``timeout`` seconds to exit (after a SIGTERM with ``terminate_first``),
-    then SIGKILL and reap it; its exit code, or None when it had to be killed.
+    """Give a process ``timeout`` seconds to exit (after the signal ``first``, if given: SIGTERM,
+    or SIGINT for a launcher that cleans up on Ctrl-C), then SIGKILL and reap it; its exit
+    code, or None when it had to be killed.
 
     Every caller of ``flwr run`` needs exactly this, and a forgotten ``wait()`` after ``kill()``
     leaves a zombie that the leftover check then reports."""
-    if terminate_first and popen.poll() is None:
-        popen.terminate()
+    if first is not None and popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            popen.send_signal(first)
     try:
         return popen.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -751,11 +751,11 @@ def test_the_attack_preset_is_valid_and_its_clean_rows_are_cpu_fmnists(tmp_path:
     assert all(j.seed == 0 for j in jobs[:first]) and first == len(attacks.sweep)
 
 
-@pytest.mark.parametrize("name", ["cpu-fmnist-dp", "cpu-fmnist-tiers"])
-def test_the_issue_15_presets_pair_with_cpu_fmnists_clean_rows(tmp_path: Path, name: str) -> None:
-    """Their rows without DP or tiers are cpu-fmnist's configurations (so those runs stand for
-    them, and Δ is paired by seed); every other row differs from one of them in its own keys
-    only."""
+@pytest.mark.parametrize("name", ["cpu-fmnist-dp", "cpu-fmnist-tiers", "cpu-fmnist-attacks-pt"])
+def test_the_pretrained_presets_pair_with_cpu_fmnists_clean_rows(tmp_path: Path, name: str) -> None:
+    """Their rows without DP, tiers or attacks are cpu-fmnist's configurations (so those runs
+    stand for them, and Δ is paired by seed); every other row differs from one of them in its
+    own keys only."""
 
     def seed0(preset: str) -> dict[str, dict]:
         jobs = plan(PRESETS[preset], list(PRESETS[preset].sweep), 1, {}, tmp_path)
@@ -772,6 +772,7 @@ def test_the_issue_15_presets_pair_with_cpu_fmnists_clean_rows(tmp_path: Path, n
     for n in references:
         assert keys[n] == clean[n], n
     own = {"dp-noise-multiplier", "dp-clipping-norm", "tiers", "rank-tiers"}
+    own |= {"byzantine-clients", "attack", "aggregation", "malicious-nodes", "multi-krum-select"}
     by_strategy = {keys[n]["strategy"]: keys[n] for n in references}
     for n, row in keys.items():
         base = by_strategy[row["strategy"]]

@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 MB = 1e6
+ROUNDS_FILE = "rounds.jsonl"
+
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """A run folder's ``rounds.jsonl``: one record per finished round, in order."""
+    lines = (run_dir / ROUNDS_FILE).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def resolve_output_path(path: str) -> Path:
@@ -55,7 +62,7 @@ class RunRecorder:
         self.initial: dict[str, Any] | None = history.initial if history else None
         self.started = time.time() - (history.wall_seconds if history else 0.0)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        self._rounds_file = run_dir / "rounds.jsonl"
+        self._rounds_file = run_dir / ROUNDS_FILE
         tmp = run_dir / ".rounds.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rounds))
         os.replace(tmp, self._rounds_file)

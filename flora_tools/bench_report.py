@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from flora_app.results import MB, read_rounds
 from flora_tools.link_model import PROFILES, LinkProfile, cumulative_seconds
 
-MB = 1e6
 LAST_ROUNDS = 5  # the "last rounds" mean: a round's accuracy moves by points with 10 clients
 
 # Two-sided 95 % quantiles t(0.975, df) of Student's t for df = 1..30 (scipy.stats.t.ppf,
@@ -93,11 +93,10 @@ class Run:
 
     @classmethod
     def load(cls, path: Path) -> Run:
-        lines = (path / "rounds.jsonl").read_text().splitlines()
         return cls(
             path=path,
             config=json.loads((path / "config.json").read_text()),
-            rounds=[json.loads(line) for line in lines if line.strip()],
+            rounds=read_rounds(path),
             summary=json.loads((path / "summary.json").read_text()),
         )
 

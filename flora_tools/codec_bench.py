@@ -16,7 +16,6 @@ compressed with zlib, bz2 (NVIDIA FLARE's), lzma and zstd.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from flora_app.ml.lora import ModelSpec, build_trainable, exchanged_state
+from flora_app.results import read_rounds
 from strategies.codecs import codec_spec, decode_blob, get_codec, read_header, sparse_spec
 
 
@@ -134,7 +134,7 @@ def compressors(tensors: Mapping[str, np.ndarray], specs: list[str]) -> list[dic
 
 def codec_share(run_dir: Path) -> dict:
     """Codec time as a share of round time, from a run folder's ``rounds.jsonl``."""
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(run_dir)
     server = sum(r.get("server_codec_seconds", 0.0) for r in rounds)
     seconds = sum(r["seconds"] for r in rounds)
     client_codec = sum(r.get("client_codec_seconds", 0.0) for r in rounds)

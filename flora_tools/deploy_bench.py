@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from flora_app.results import read_rounds
 from flora_tools.deploy import DEFAULT_RUN_CONFIG
 from flora_tools.deployment import processes
 from flora_tools.deployment.deployment import Deployment
@@ -100,8 +101,7 @@ def run_app(
         dep.close()
     if name == "floor":
         return [float(s) for s in json.loads(result.read_text())["seconds"]]
-    lines = (workdir / f"{name}-run" / "rounds.jsonl").read_text().splitlines()
-    return [float(json.loads(line)["seconds"]) for line in lines]
+    return [float(r["seconds"]) for r in read_rounds(workdir / f"{name}-run")]
 
 
 def _steady(seconds: list[float]) -> float:

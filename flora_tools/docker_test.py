@@ -32,6 +32,7 @@ from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 
+from flora_app.results import ROUNDS_FILE, read_rounds
 from flora_tools import lockfile
 from flora_tools.deployment import flwr_cli
 from flora_tools.deployment.processes import free_port, wait_or_kill, wait_until
@@ -158,11 +159,11 @@ def check_image_is_the_lock(engine: Engine, image: str) -> None:
 
 def check_run_folder(outputs: Path, rounds: int) -> Path:
     """The ServerApp's run folder: every round in rounds.jsonl, a summary, flocora's config."""
-    runs = sorted(p.parent for p in outputs.rglob("rounds.jsonl"))
+    runs = sorted(p.parent for p in outputs.rglob(ROUNDS_FILE))
     if len(runs) != 1:
         raise DockerError(f"expected one run folder in the outputs volume, found {runs}")
     run = runs[0]
-    rows = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    rows = read_rounds(run)
     if [r["round"] for r in rows] != list(range(1, rounds + 1)):
         raise DockerError(f"{run}/rounds.jsonl has rounds {[r['round'] for r in rows]}")
     if not (run / "summary.json").is_file():

@@ -12,10 +12,12 @@ import statistics
 import sys
 from pathlib import Path
 
+from flora_app.results import read_rounds
+
 
 def load(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(run_dir)
     last = rounds[-5:]
     return {
         "final": summary["final_accuracy"],

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from flora_app.results import read_rounds
 from flora_tools.deployment import processes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,8 +128,7 @@ def measure(supernodes: int, workdir: Path, timeout: float) -> dict[str, float]:
     out = workdir / "out"
     out.mkdir(parents=True, exist_ok=True)
     flora_gb = run(ROOT, supernodes, flora_config(supernodes, out), workdir, timeout)
-    rounds = (out / f"scale-{supernodes}" / "rounds.jsonl").read_text().splitlines()
-    rows = [json.loads(r) for r in rounds]
+    rows = read_rounds(out / f"scale-{supernodes}")
     flora_s = steady([r["seconds"] for r in rows])
     federation_s = steady([r["seconds"] - r["eval_seconds"] for r in rows])
     floor_gb = run(FLOOR_APP, supernodes, floor_config(supernodes, out), workdir, timeout)

@@ -30,35 +30,34 @@ def main(argv: list[str] | None = None) -> int:
     extra = sys.argv[1:] if argv is None else argv
     with tempfile.TemporaryDirectory(prefix="flora-test-lane-") as scratch:
         log_path = Path(scratch) / f"{LANE_MARK}.log"
-        log = log_path.open("w")
-        print(f"{LANE_MARK} lane started beside the main lane; its log: {log_path}", flush=True)
-        lane = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-v",
-                "--durations=5",
-                "-p",
-                "no:cacheprovider",  # the main lane owns .pytest_cache
-                f"--basetemp={Path(scratch) / 'tmp'}",
-                "-m",
-                LANE_MARK,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        main_lane = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-m", f"not {LANE_MARK}", *extra]
-        )
-        try:
-            codes = [main_lane.wait()]
-            if lane.poll() is None:
-                print(f"waiting for the {LANE_MARK} lane", flush=True)
-            codes.append(lane.wait())
-        except KeyboardInterrupt:  # both got the terminal's Ctrl-C: let them tear down
-            codes = [main_lane.wait(), lane.wait()]
-        log.close()
+        with log_path.open("w") as log:
+            print(f"{LANE_MARK} lane started beside the main lane; its log: {log_path}", flush=True)
+            lane = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-v",
+                    "--durations=5",
+                    "-p",
+                    "no:cacheprovider",  # the main lane owns .pytest_cache
+                    f"--basetemp={Path(scratch) / 'tmp'}",
+                    "-m",
+                    LANE_MARK,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            main_lane = subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-m", f"not {LANE_MARK}", *extra]
+            )
+            try:
+                codes = [main_lane.wait()]
+                if lane.poll() is None:
+                    print(f"waiting for the {LANE_MARK} lane", flush=True)
+                codes.append(lane.wait())
+            except KeyboardInterrupt:  # both got the terminal's Ctrl-C: let them tear down
+                codes = [main_lane.wait(), lane.wait()]
         for line in log_path.read_text(errors="replace").splitlines():
             print(PREFIX + line)
     print(f"main lane: exit {codes[0]}; {LANE_MARK} lane: exit {codes[1]}", flush=True)

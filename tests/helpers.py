@@ -15,11 +15,13 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from flora_app.results import read_rounds
 from strategies.codecs import codec_spec, decode_blob, get_codec
 from strategies.compression import CompressionStrategy
 from strategies.wire import (
@@ -29,6 +31,16 @@ from strategies.wire import (
     numpy_to_record,
     record_to_blob,
 )
+
+
+def untimed(record: dict) -> dict:
+    """A round's record without its wall-clock figures (every ``*seconds`` key): the only
+    fields two identical runs may disagree on."""
+    return {k: v for k, v in record.items() if not k.endswith("seconds")}
+
+
+def untimed_rounds(run_dir: Path) -> list[dict]:
+    return [untimed(r) for r in read_rounds(run_dir)]
 
 
 def make_message(

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flora_app.results import read_rounds
 from strategies.codecs import CodecError, codec_spec, decode_blob, get_codec, read_header
 from strategies.codecs.allocate import allocate_bits
 
@@ -106,7 +107,6 @@ def test_budget_names_are_canonical(name: str) -> None:
 
 
 def test_a_run_with_a_budget_sends_replies_within_it(tmp_path, tiny_run_config: dict) -> None:
-    import json
 
     from flora_app.config import FloraConfig
     from flora_app.server_app import run
@@ -126,8 +126,7 @@ def test_a_run_with_a_budget_sends_replies_within_it(tmp_path, tiny_run_config: 
             }
         )
         run(LocalGrid(cfg.to_run_config(), 4), cfg)
-        lines = (tmp_path / name / "rounds.jsonl").read_text().splitlines()
-        rounds = [json.loads(x) for x in lines]
+        rounds = read_rounds(tmp_path / name)
         assert [r["rejected_replies"] + r["failed_replies"] for r in rounds] == [0]
         return [r["bytes_up"] / r["replies"] for r in rounds]
 

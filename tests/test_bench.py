@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flora_app.results import read_rounds
 from flora_tools import bench
 from flora_tools.bench import (
     FMNIST_SWEEP,
@@ -127,7 +128,7 @@ def test_bench_sweep_writes_a_report_that_matches_its_run_folders(tmp_path: Path
         run = out / "runs" / f"{name}-s0"
         config = json.loads((run / "config.json").read_text())
         summary = json.loads((run / "summary.json").read_text())
-        rounds = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines()]
+        rounds = read_rounds(run)
         assert config["strategy"] == cells[1] == name.split("-")[0]
         assert config["model"] == "cnn" and config["num-server-rounds"] == 2 and config["seed"] == 0
         assert [r["round"] for r in rounds] == [1, 2]
@@ -400,7 +401,7 @@ def _private(path: Path, epsilons: list[float], seed: int, noise: float = 1.0) -
         path, "fedlora", [0.5, 0.6, 0.7][: len(epsilons)], 1.0, seed=seed,
         **{"dp-noise-multiplier": noise, "dp-clipping-norm": 5.0, "dp-delta": 1e-5},
     )  # fmt: skip
-    rounds = [json.loads(line) for line in (path / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(path)
     for record, eps in zip(rounds, epsilons, strict=True):
         record["dp_epsilon"] = eps
     (path / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))

@@ -3,7 +3,6 @@ every spoiled reply, names the node and the reason, counts them, and finishes th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from flora_app.chaos import is_broken
 from flora_app.config import FloraConfig
+from flora_app.results import read_rounds
 from flora_app.server_app import run
 from tests.helpers import LocalGrid
 
@@ -39,9 +39,7 @@ def test_two_chaos_clients_are_rejected_every_round_and_the_run_finishes(
     grid = LocalGrid(cfg, 4)
     summary = run(grid, FloraConfig.from_run_config(cfg))
     assert summary["rounds"] == 3
-    rounds = [
-        json.loads(x) for x in (tmp_path / "chaos" / "rounds.jsonl").read_text().split("\n") if x
-    ]
+    rounds = read_rounds(tmp_path / "chaos")
     assert [r["rejected_replies"] for r in rounds] == [2, 2, 2]
     assert all(np.isfinite(r["accuracy"]) and np.isfinite(r["loss"]) for r in rounds)
     rejected = [line for line in warnings_log if "rejected" in line]

@@ -8,7 +8,6 @@ it. The last test covers the per-SuperNode ``data-path`` node-config key (no pro
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -19,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from flora_app.results import read_rounds
 from flora_tools.deployment import processes
 from flora_tools.deployment.deployment import Deployment
+from tests.helpers import untimed_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,10 +31,6 @@ TINY = (
 )
 TRAIN_SENT = "Sending: train message"
 TRAIN_RECEIVED = "Receiving: train message"
-
-
-def _rounds(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture
@@ -88,7 +85,7 @@ def test_make_deploy_two_supernodes_over_tls(tmp_path: Path) -> None:
     assert re.search(r"SuperLink pid \d+ on 127\.0\.0\.1:\d+ \(TLS\)", log), log[:2000]
     assert "leftovers: 0" in log
     # Every SuperNode trained in every round: the server saw 2 clients and 2 good replies ...
-    rounds = _rounds(tmp_path / "out" / "deploy")
+    rounds = read_rounds(tmp_path / "out" / "deploy")
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["clients"] == 2 and r["failed_replies"] == 0 for r in rounds), rounds
     # ... and each SuperNode's own log shows it sending one train reply per round.
@@ -130,7 +127,7 @@ def test_a_supernode_that_dies_mid_round_is_replaced_by_one_that_joins_late(
     print(f"run finished {time.monotonic() - killed_at:.1f} s after the kill")
     status, details, _ = dep.final_status()
     assert status == "finished:completed", (details, (tmp_path / "flwr-run.log").read_text())
-    rounds = _rounds(tmp_path / "out" / "kill")
+    rounds = read_rounds(tmp_path / "out" / "kill")
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["clients"] == 3 and rounds[0]["failed_replies"] == 1, rounds[0]
     assert rounds[1]["clients"] == 3 and rounds[1]["failed_replies"] == 0, rounds[1]
@@ -138,10 +135,6 @@ def test_a_supernode_that_dies_mid_round_is_replaced_by_one_that_joins_late(
     assert late.count(TRAIN_SENT) == 1
     assert victim.count(TRAIN_SENT) == 0
     assert "Node Unavailable" in (tmp_path / "flwr-run.log").read_text()
-
-
-def _without_timing(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in _rounds(run_dir)]
 
 
 @pytest.mark.e2e
@@ -171,7 +164,7 @@ def test_a_superlink_killed_mid_round_resumes_from_its_checkpoint(
         assert processes.wait_until(
             lambda: (
                 (cut_dir / "rounds.jsonl").exists()
-                and len(_rounds(cut_dir)) == 1
+                and len(read_rounds(cut_dir)) == 1
                 and all(n.count(TRAIN_RECEIVED) >= s + 2 for n, s in zip(nodes, sent, strict=True))
             ),
             timeout=300,
@@ -180,7 +173,7 @@ def test_a_superlink_killed_mid_round_resumes_from_its_checkpoint(
     finally:
         # The CLI's stream may end with the SuperLink, or keep trying.
         processes.wait_or_kill(cut, 30.0)
-    assert len(_rounds(cut_dir)) == 1  # round 2 never finished
+    assert len(read_rounds(cut_dir)) == 1  # round 2 never finished
 
     dep.restart_superlink()
     dep.wait_for_nodes(2, timeout=120)
@@ -190,7 +183,7 @@ def test_a_superlink_killed_mid_round_resumes_from_its_checkpoint(
     _wait_for_run(resumed, timeout=300)
     status, details, _ = dep.final_status()
     assert status == "finished:completed", (details, (tmp_path / "resumed.log").read_text())
-    again, reference = _without_timing(cut_dir), _without_timing(tmp_path / "out" / "whole")
+    again, reference = untimed_rounds(cut_dir), untimed_rounds(tmp_path / "out" / "whole")
     assert [r["round"] for r in again] == [1, 2]
     assert again == reference
 

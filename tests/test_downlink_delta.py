@@ -7,7 +7,6 @@ run at the end goes through the ClientApp.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from flora_app.client_app import initial_adapters
 from flora_app.config import FloraConfig
 from flora_app.ml.data import load_dataset
 from flora_app.ml.lora import build_trainable, exchanged_state
+from flora_app.results import read_rounds
 from flora_app.server_app import run
 from flora_app.task import data_spec, model_spec
 from strategies.codecs import CodecError, codec_spec
@@ -243,10 +243,7 @@ def test_a_run_with_the_downlink_change_trains_through_the_client_app(
         )
         grid = LocalGrid(cfg.to_run_config(), 4)
         run(grid, cfg)
-        rounds = [
-            json.loads(x)
-            for x in (tmp_path / f"delta-{delta}" / "rounds.jsonl").read_text().splitlines()
-        ]
+        rounds = read_rounds(tmp_path / f"delta-{delta}")
         assert all(r["failed_replies"] == 0 and r["rejected_replies"] == 0 for r in rounds)
         assert all(0.0 < r["eval_seconds"] <= r["seconds"] for r in rounds)
         held = [c.state.get(HELD_KEY) for c in grid.contexts.values()]

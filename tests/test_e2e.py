@@ -12,6 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from flora_app.results import read_rounds
+from tests.helpers import untimed_rounds
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +63,7 @@ def test_fedlora_two_rounds_on_the_tiny_cnn(tmp_path: Path) -> None:
         "num-server-rounds=2 local-epochs=1 fraction-train=1.0",
     )
     assert "round 2/2 | acc" in log  # one progress line per round
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(run_dir)
     assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:
         assert r["clients"] == 3 and r["replies"] == 3 and r["bytes_up"] > 0
@@ -123,19 +126,13 @@ def test_flocora_sends_quantized_updates_and_fewer_bytes(tmp_path: Path) -> None
     assert "uplink affine:bits=4:gran=channel:meta=fp16 (update)" in log
     config = json.loads((run_dir / "config.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(run_dir)
     fp32 = 4 * config["exchanged-parameters"]
     # ~28 KB of fp32 values; 4-bit codes + fp16 scales + fp32 1-D + Flower's envelope ~6 KB
     assert summary["bytes_up_per_client_per_round"] < fp32 / 3
     assert summary["bytes_down_per_client_per_round"] < fp32 / 2
     assert all(r["failed_replies"] == 0 and r["replies"] == 2 for r in rounds)
     assert all(r["client_codec_seconds"] > 0 for r in rounds)
-
-
-def _without_timing(run_dir: Path) -> list[dict]:
-    """rounds.jsonl with the keys that measure time (``seconds``, ``*_seconds``) removed."""
-    lines = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in lines]
 
 
 def test_the_same_seed_gives_the_same_run_and_flasc_sends_sparse_updates(tmp_path: Path) -> None:
@@ -157,7 +154,7 @@ def test_the_same_seed_gives_the_same_run_and_flasc_sends_sparse_updates(tmp_pat
     fp32 = 4 * run_config["exchanged-parameters"]
     assert summary["bytes_up_per_client_per_round"] < fp32 / 5
     assert summary["bytes_down_per_client_per_round"] < fp32 / 2
-    a = _without_timing(first)
+    a = untimed_rounds(first)
     assert len(a) == 3
     for r in a:
         assert r["failed_replies"] == 0 and r["replies"] == 2
@@ -166,7 +163,7 @@ def test_the_same_seed_gives_the_same_run_and_flasc_sends_sparse_updates(tmp_pat
         assert 0.0 <= r["downlink_accuracy"] <= 1.0
 
     second, _ = _run(tmp_path / "b", config, supernodes=4)
-    assert a == _without_timing(second)
+    assert a == untimed_rounds(second)
 
 
 def test_a_missing_dataset_fails_the_run_with_one_line_before_training(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ run's in everything but bytes, with fewer bytes."""
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flora_app.config import FloraConfig
+from flora_app.results import read_rounds
 from flora_app.server_app import run
 from strategies.codecs import CodecError, decode_blob, entries_of, get_codec, with_entropy
 from strategies.codecs.entropy import MAGIC, bound
@@ -130,10 +130,6 @@ def test_the_header_is_read_without_inflating_the_body(spec: str) -> None:
         entries_of(MAGIC + bytes(16))
 
 
-def _rounds(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize(
     ("strategy", "dense_broadcast"),
     # flocora broadcasts dense fp32 for training; flasc only for evaluation (its training
@@ -156,7 +152,7 @@ def test_a_run_with_the_stage_equals_the_plain_run_with_fewer_bytes(
     for coder in ("none", "zstd"):
         cfg = FloraConfig.from_run_config({**base, "entropy-coder": coder, "run-name": coder})
         run(LocalGrid(cfg.to_run_config(), 4), cfg)
-        runs[coder] = _rounds(tmp_path / coder)
+        runs[coder] = read_rounds(tmp_path / coder)
     for plain, packed in zip(runs["none"], runs["zstd"], strict=True):
         # lossless: everything but the byte counts and the timings is identical
         same = [k for k in plain if not k.startswith("bytes") and not k.endswith("seconds")]

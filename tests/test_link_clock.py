@@ -3,7 +3,6 @@ keeping the first arrivals, and each round's simulated seconds in ``rounds.jsonl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from flwr.serverapp.strategy import FedAvg
 
 from flora_app.config import FloraConfig
+from flora_app.results import read_rounds
 from flora_app.server_app import run
 from strategies import NodeSampling
 from strategies.chain import take_round_metrics
@@ -93,8 +93,7 @@ def test_a_clocked_run_is_the_same_run_for_the_same_seed(
             }
         )
         run(LocalGrid(cfg.to_run_config(), 4), cfg)
-        lines = (tmp_path / name / "rounds.jsonl").read_text().splitlines()
-        runs.append([json.loads(x) for x in lines])
+        runs.append(read_rounds(tmp_path / name))
     for r in runs[0]:
         assert r["spare_replies"] == 1 and r["aggregated_replies"] == 2
         assert r["sim_round_seconds"] > 2 * PROFILES["3g"].rtt_s  # a request and a reply
@@ -128,8 +127,7 @@ def test_a_device_that_declares_its_link_is_timed_over_it(
     for node in grid.node_ids[1:]:
         grid.contexts[node].node_config.update({"downlink-mbps": 0.001, "uplink-mbps": 0.001})
     run(grid, cfg)
-    lines = (tmp_path / "declared" / "rounds.jsonl").read_text().splitlines()
-    (record,) = [json.loads(x) for x in lines]
+    (record,) = read_rounds(tmp_path / "declared")
     assert record["clients"] == 4
     assert record["spare_replies"] == 2 and record["aggregated_replies"] == 2
     # a few kB each way at 1,000 bit/s: tens of seconds, where LTE links take a fraction of one

@@ -5,7 +5,6 @@ replies in sampling order, whatever was rejected."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from collections import OrderedDict
@@ -17,6 +16,7 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from flora_app.config import ConfigError, FloraConfig
+from flora_app.results import read_rounds
 from flora_app.server_app import run
 from strategies import FLASC, FedLoRA, FLoCoRA, NodeSampling
 from strategies.chain import innermost, take_round_metrics
@@ -216,9 +216,7 @@ def test_a_round_keeps_its_participation_with_a_chaos_client(
     }
     summary = run(LocalGrid(cfg, 4), FloraConfig.from_run_config(cfg))
     assert summary["rounds"] == 3
-    rounds = [
-        json.loads(x) for x in (tmp_path / "over" / "rounds.jsonl").read_text().split("\n") if x
-    ]
+    rounds = read_rounds(tmp_path / "over")
     assert [r["clients"] for r in rounds] == [4, 4, 4]
     assert [r["rejected_replies"] for r in rounds] == [1, 1, 1]
     assert [r["aggregated_replies"] for r in rounds] == [2, 2, 2]

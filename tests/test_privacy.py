@@ -3,7 +3,6 @@ scale, ε is what dp-accounting computes for the rounds run, and bad settings ar
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 from flora_app.config import ConfigError, FloraConfig
+from flora_app.results import read_rounds
 from flora_app.server_app import run
 from strategies import FLASC, FedLoRA
 from strategies.chain import take_round_metrics
@@ -191,7 +191,7 @@ def test_a_private_flasc_run_reports_epsilon(
         "run-name": "dp",
     }
     summary = run(LocalGrid(cfg, 4), FloraConfig.from_run_config(cfg))
-    rounds = [json.loads(x) for x in (tmp_path / "dp" / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(tmp_path / "dp")
     assert [(r["rejected_replies"], r["failed_replies"]) for r in rounds] == [(0, 0), (0, 0)]
     assert [(r["dp_population"], r["dp_sample"]) for r in rounds] == [(4, 2), (4, 2)]
     assert 0 < rounds[0]["dp_epsilon"] < rounds[1]["dp_epsilon"] == summary["dp_epsilon"]

@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flora_app.client_app import train
 from flora_app.config import ConfigError, FloraConfig
 from flora_app.ml.lora import rank_block
+from flora_app.results import read_rounds
 from strategies import FedLoRA, FLoCoRA
 from strategies.blocks import leading_block
 from strategies.choices import RANK_KEY
@@ -258,7 +259,6 @@ def test_a_run_with_rank_tiers_trains_every_round(
     """Every node of the real ClientApp trains the blocks it is sent (whole, or as the top-k
     change from its copy), and every reply in blocks of two sizes, quantized or top-k sparse, is
     accepted."""
-    import json
 
     from flora_app.server_app import run
     from tests.helpers import LocalGrid
@@ -275,8 +275,7 @@ def test_a_run_with_rank_tiers_trains_every_round(
     }
     cfg = FloraConfig.from_run_config(config)
     run(LocalGrid(cfg.to_run_config(), 4), cfg)
-    lines = (tmp_path / "ranks" / "rounds.jsonl").read_text().splitlines()
-    rounds = [json.loads(line) for line in lines]
+    rounds = read_rounds(tmp_path / "ranks")
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["replies"] == 4 and r["failed_replies"] == 0 for r in rounds)
     assert all(r["rejected_replies"] == 0 and r["aggregated_replies"] == 4 for r in rounds)

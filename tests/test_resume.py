@@ -14,13 +14,7 @@ import pytest
 from flora_app.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from flora_app.config import ConfigError, FloraConfig
 from flora_app.server_app import resume_point, run
-from tests.helpers import LocalGrid, StopRunError
-
-
-# Wall-clock measurements: the only fields two identical runs may disagree on.
-def _untimed(row: dict) -> dict:
-    """A round's line without its wall-clock figures (every ``*seconds`` key), as elsewhere."""
-    return {k: v for k, v in row.items() if not k.endswith("seconds")}
+from tests.helpers import LocalGrid, StopRunError, untimed, untimed_rounds
 
 
 def _config(tmp_path: Path, tiny_run_config: dict, **extra: object) -> dict:
@@ -32,11 +26,6 @@ def _config(tmp_path: Path, tiny_run_config: dict, **extra: object) -> dict:
         "output-dir": str(tmp_path),
         **extra,
     }
-
-
-def _rounds(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "rounds.jsonl").read_text().splitlines()
-    return [_untimed(json.loads(x)) for x in lines]
 
 
 def _stop_at(round_number: int):
@@ -68,12 +57,12 @@ def test_stop_after_two_rounds_and_resume_equals_an_uninterrupted_run(
         run(LocalGrid(cut, 4, before_train=_stop_at(3)), FloraConfig.from_run_config(cut))
     cut_dir = tmp_path / "cut"
     assert load_checkpoint(cut_dir).round == 2
-    assert len(_rounds(cut_dir)) == 2
+    assert len(untimed_rounds(cut_dir)) == 2
 
     resumed = FloraConfig.from_run_config({**cut, "resume-from": str(cut_dir)})
     summary = run(LocalGrid(cut, 4), resumed, resume_point(resumed))
 
-    whole, again = _rounds(tmp_path / "whole"), _rounds(cut_dir)
+    whole, again = untimed_rounds(tmp_path / "whole"), untimed_rounds(cut_dir)
     assert [r["round"] for r in again] == [1, 2, 3, 4]
     assert again == whole
     assert summary["rounds"] == 4
@@ -93,9 +82,9 @@ def test_a_crash_after_a_round_line_but_before_its_checkpoint_is_rolled_back(
     more = {**cfg, "num-server-rounds": 3, "resume-from": str(run_dir)}
     resumed = FloraConfig.from_run_config(more)
     run(LocalGrid(more, 4), resumed, resume_point(resumed))
-    rounds = _rounds(run_dir)
+    rounds = untimed_rounds(run_dir)
     assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert rounds[:2] == [_untimed(r) for r in ckpt.rounds]
+    assert rounds[:2] == [untimed(r) for r in ckpt.rounds]
 
 
 def test_a_torn_checkpoint_write_leaves_the_previous_checkpoint(

@@ -3,12 +3,12 @@ values are checked against the strategy, and a real in-process run uses every ti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from flora_app.config import ConfigError, FloraConfig
+from flora_app.results import read_rounds
 from flora_app.server_app import run
 from flora_app.tiers import TiersError, assign_tiers, parse_tiers, tier_counts
 from tests.helpers import LocalGrid
@@ -72,8 +72,7 @@ def test_a_flasc_run_asks_each_tier_for_its_density(tmp_path: Path, tiny_run_con
     declared = grid.node_ids[dense_by_rule[0]]
     grid.contexts[declared].node_config["tier"] = 0  # this device says it is a slow one
     run(grid, FloraConfig.from_run_config(cfg))
-    lines = (tmp_path / "tiers" / "rounds.jsonl").read_text().splitlines()
-    rounds = [json.loads(x) for x in lines]
+    rounds = read_rounds(tmp_path / "tiers")
     for r in rounds:
         assert r["rejected_replies"] == 0 and r["replies"] == 4
         # three nodes at 0.05 (two by the rule, one declared), one at 1.0

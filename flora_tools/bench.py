@@ -402,15 +402,35 @@ ATTACK_SWEEP: tuple[SweepConfig, ...] = (
 # The ResNet-8 rows from scratch are too noisy to show a 2-point effect: their clean seeds span
 # 37-52 % (fedlora) and 29-50 % (FLoCoRA), while the pretrained clean rows span 68-75 %. The
 # clean rows are cpu-fmnist's, so its runs stand for them. Seed 0 first takes 20 % sign-flip
-# against the mean and the two defences expected to hold, then scaling; then the median.
+# against the mean and the two defences expected to hold, then each defence without attackers
+# (what the defence itself costs, so that an attacked row's loss is not all put on the attack),
+# then scaling, then the median.
 _PT = "effnet-pt-"
+
+
+def _defended(aggregation: str) -> tuple[SweepConfig, ...]:
+    return tuple(
+        SweepConfig(
+            f"{_PT}{name}-{aggregation}",
+            {**keys, **_EFFNET, "aggregation": aggregation, **_ROBUST_KEYS.get(aggregation, {})},
+        )
+        for name, keys in _ATTACKED_STRATEGIES.items()
+    )
+
+
+_PT_DEFENCES = (("mean", 1), ("trimmed-mean", 3), ("multi-krum", 3))
 ATTACK_PT_SWEEP: tuple[SweepConfig, ...] = (
     *(SweepConfig(f"{_PT}{n}", {**k, **_EFFNET}, seeds=3) for n, k in _ATTACKED_STRATEGIES.items()),
     *(
         row
-        for attack in ("sign-flip", "scale")
-        for aggregation, seeds in (("mean", 1), ("trimmed-mean", 3), ("multi-krum", 3))
-        for row in _attacked(attack, 20, aggregation, seeds, _PT, _EFFNET)
+        for agg, seeds in _PT_DEFENCES
+        for row in _attacked("sign-flip", 20, agg, seeds, _PT, _EFFNET)
+    ),
+    *(row for aggregation in ("trimmed-mean", "multi-krum") for row in _defended(aggregation)),
+    *(
+        row
+        for agg, seeds in _PT_DEFENCES
+        for row in _attacked("scale", 20, agg, seeds, _PT, _EFFNET)
     ),
     *(
         row

@@ -800,3 +800,48 @@ def test_a_configs_subset_adds_to_the_folders_record_and_keeps_the_rest() -> Non
         {"name": "new", "runs": ["new-s0"]},
     ]
     assert bench.merged_configs([], current) == current
+
+
+def test_the_attack_table_pairs_each_run_with_its_strategys_clean_run(tmp_path: Path) -> None:
+    """Each attacked or defended row against the clean run of the same strategy and seed; a
+    row that differs from every clean row in anything but attack and defence keys is left
+    out rather than paired."""
+    import dataclasses
+
+    from flora_app.config import RobustnessSection, run_config_key
+    from flora_tools.attack_table import ATTACK_KEYS, DEFENCE_KEYS, table
+
+    robustness = {run_config_key(f.name) for f in dataclasses.fields(RobustnessSection)}
+    assert set(ATTACK_KEYS) | set(DEFENCE_KEYS) <= robustness
+    attack = {"byzantine-clients": 20, "attack": "sign-flip"}
+    rows = {  # name: (strategy, {seed: final accuracy}, keys)
+        "fedlora": ("fedlora", {0: 0.70, 1: 0.72}, {}),
+        "fedlora-sf-mean": ("fedlora", {0: 0.60}, attack),
+        "fedlora-sf-tm": ("fedlora", {0: 0.69, 1: 0.73}, attack | {"aggregation": "trimmed-mean"}),
+        "flasc": ("flasc", {0: 0.65}, {}),
+        "flasc-tm": ("flasc", {0: 0.60}, {"aggregation": "trimmed-mean"}),
+        "fedlora-lr": ("fedlora", {0: 0.123}, attack | {"lr": 0.5}),  # pairs with nothing
+    }
+    configs = []
+    for name, (strategy, finals, keys) in rows.items():
+        runs = []
+        for seed, acc in finals.items():
+            run = _fake_run(tmp_path / "runs" / f"{name}-s{seed}", strategy, [0.5, acc], 1.0,
+                            seed=seed, **keys)  # fmt: skip
+            runs.append(run.name)
+        configs.append({"name": name, "runs": runs})
+    (tmp_path / "bench.json").write_text(json.dumps({"supernodes": 100, "configs": configs}))
+    groups, _ = load_groups(tmp_path)
+    lines = table(groups, 100).splitlines()
+    assert lines[0] == (
+        "| strategy | clean | 20 % sign-flip, mean | 20 % sign-flip, trimmed-mean "
+        "| no attack, trimmed-mean |"
+    )
+    fedlora, flasc = lines[2].split(" | "), lines[3].split(" | ")
+    half = t975(1) * np.std([70, 72], ddof=1) / np.sqrt(2)
+    assert fedlora[1] == f"71.0 ± {half:.1f} (2 seeds)"
+    assert fedlora[2] == "60.0 (-10.0)"
+    assert fedlora[3] == f"71.0 (+0.0 ± {half:.1f}; -1.0, +1.0)"
+    assert fedlora[4] == " |"  # fedlora has no such row
+    assert flasc[1] == "65.0 (1 seed)" and flasc[4] == "60.0 (-5.0) |"
+    assert len(lines) == 4 and "12.3" not in "".join(lines)  # the lr row is not in the table

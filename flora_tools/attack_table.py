@@ -1,0 +1,126 @@
+"""The attack table of docs/robustness.md, from the results folder of an attack preset.
+
+    python -m flora_tools.attack_table benchmarks/cpu-fmnist-attacks-pt
+
+One row per strategy, one column per attack (share and kind) and aggregation the folder holds.
+A cell is the final accuracy, mean over its seeds, and in brackets its change against the same
+strategy's clean run (no attackers, plain mean) of the same seed: one seed's difference, or over
+several the paired mean ± the 95 % t interval, then each seed's difference. A run is paired by
+its ``config.json``: the clean run is the one whose configuration equals it but for the attack
+and defence keys below, so the table cannot pair runs that differ in anything else.
+
+Written to generate the table rather than copy numbers from summaries by hand: the bench report
+pairs every row with one reference row, and here each strategy has its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flora_tools.bench import load_groups
+from flora_tools.bench_report import Group, Run, estimate
+from flora_tools.preflight import app_defaults
+
+# What an attacked or defended run changes against its clean run (flora_app.config's
+# robustness section; tests check that each is a key there).
+ATTACK_KEYS = ("byzantine-clients", "attack", "attack-scale")
+DEFENCE_KEYS = (
+    "aggregation",
+    "trim-fraction",
+    "malicious-nodes",
+    "multi-krum-select",
+    "max-update-norm",
+    "update-norm-action",
+)
+# Where and as which seed a run was made: never part of what pairs it.
+_RUN_KEYS = ("seed", "run-name", "output-dir", "resume-from")
+CLEAN = "clean"
+
+
+def _setting(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The configuration a run shares with its clean run."""
+    drop = {*ATTACK_KEYS, *DEFENCE_KEYS, *_RUN_KEYS}
+    return tuple(sorted((k, v) for k, v in config.items() if k not in drop))
+
+
+def _is_clean(config: dict[str, Any]) -> bool:
+    return config.get("byzantine-clients", 0) == 0 and config.get("aggregation") == "mean"
+
+
+def column(config: dict[str, Any], supernodes: int) -> str:
+    """The column a run belongs to, e.g. ``20 % sign-flip, trimmed-mean``."""
+    attackers = int(config.get("byzantine-clients", 0))
+    aggregation = config.get("aggregation", "mean")
+    if attackers == 0:
+        return CLEAN if aggregation == "mean" else f"no attack, {aggregation}"
+    attack = config.get("attack", "")
+    if attack == "scale":
+        attack = f"scale x{config.get('attack-scale', 0):g}"
+    return f"{round(100 * attackers / supernodes)} % {attack}, {aggregation}"
+
+
+def _cell(runs: Sequence[Run], clean: dict[int, float]) -> str:
+    accuracy = 100 * estimate([r.final_accuracy() for r in runs]).mean
+    paired = [(r.seed, r.final_accuracy() - clean[r.seed]) for r in runs if r.seed in clean]
+    if not paired:
+        return f"{accuracy:.1f}"
+    deltas = [100 * d for _, d in paired]
+    if len(deltas) == 1:
+        return f"{accuracy:.1f} ({deltas[0]:+.1f})"
+    delta = estimate(deltas)
+    each = ", ".join(f"{d:+.1f}" for d in deltas)
+    return f"{accuracy:.1f} ({delta.mean:+.1f} ± {delta.half_width:.1f}; {each})"
+
+
+def table(groups: Sequence[Group], supernodes: int) -> str:
+    """The markdown table: strategies (their clean rows, in folder order) by columns."""
+    # A key a run predates counts as the default it ran with (as when a sweep resumes).
+    defaults = app_defaults()
+    configs = {g.name: {**defaults, **g.runs[0].config} for g in groups if g.runs}
+    cleans = [g for g in groups if g.runs and _is_clean(configs[g.name])]
+    by_setting = {_setting(configs[g.name]): g for g in cleans}
+    cells: dict[str, dict[str, str]] = {g.name: {} for g in cleans}
+    columns = [CLEAN]
+    for group in groups:
+        if not group.runs:
+            continue
+        config = configs[group.name]
+        base = by_setting.get(_setting(config))
+        if base is None:
+            continue  # no clean row to pair with: not this table's
+        name = column(config, supernodes)
+        if name not in columns:
+            columns.append(name)
+        clean = {r.seed: r.final_accuracy() for r in base.runs if r.seed is not None}
+        if group is base:
+            accuracy = estimate([r.final_accuracy() for r in group.runs])
+            half = "" if accuracy.half_width is None else f" ± {100 * accuracy.half_width:.1f}"
+            seeds = f"{accuracy.n} seed{'s' if accuracy.n > 1 else ''}"
+            cells[base.name][name] = f"{100 * accuracy.mean:.1f}{half} ({seeds})"
+        else:
+            cells[base.name][name] = _cell(group.runs, clean)
+    lines = [
+        "| strategy | " + " | ".join(columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for g in cleans:
+        lines.append(
+            f"| {g.name} | " + " | ".join(cells[g.name].get(c, "") for c in columns) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="a results folder of an attack preset")
+    args = parser.parse_args(argv)
+    groups, meta = load_groups(args.out)
+    print(table(groups, int(meta["supernodes"])))
+    print(f"\n{meta['complete_runs']} of {meta['planned_runs']} planned runs complete")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,8 @@
     python -m flora_tools.attack_table benchmarks/cpu-fmnist-attacks-pt
 
 One row per strategy, one column per attack (share and kind) and aggregation the folder holds.
-A cell is the final accuracy, mean over its seeds, and in brackets its change against the same
+A cell is the final accuracy (``--last N``: the mean of the last N rounds, steadier where one
+round's accuracy swings by points), mean over its seeds, and in brackets its change against the same
 strategy's clean run (no attackers, plain mean) of the same seed: one seed's difference, or over
 several the paired mean ± the 95 % t interval, then each seed's difference. A run is paired by
 its ``config.json``: the clean run is the one whose configuration equals it but for the attack
@@ -62,9 +63,9 @@ def column(config: dict[str, Any], supernodes: int) -> str:
     return f"{round(100 * attackers / supernodes)} % {attack}, {aggregation}"
 
 
-def _cell(runs: Sequence[Run], clean: dict[int, float]) -> str:
-    accuracy = 100 * estimate([r.final_accuracy() for r in runs]).mean
-    paired = [(r.seed, r.final_accuracy() - clean[r.seed]) for r in runs if r.seed in clean]
+def _cell(runs: Sequence[Run], clean: dict[int, float], last: int) -> str:
+    accuracy = 100 * estimate([r.last_accuracy(last) for r in runs]).mean
+    paired = [(r.seed, r.last_accuracy(last) - clean[r.seed]) for r in runs if r.seed in clean]
     if not paired:
         return f"{accuracy:.1f}"
     deltas = [100 * d for _, d in paired]
@@ -75,8 +76,9 @@ def _cell(runs: Sequence[Run], clean: dict[int, float]) -> str:
     return f"{accuracy:.1f} ({delta.mean:+.1f} ± {delta.half_width:.1f}; {each})"
 
 
-def table(groups: Sequence[Group], supernodes: int) -> str:
-    """The markdown table: strategies (their clean rows, in folder order) by columns."""
+def table(groups: Sequence[Group], supernodes: int, last: int = 1) -> str:
+    """The markdown table: strategies (their clean rows, in folder order) by columns; the
+    accuracy of a run is the mean of its last ``last`` rounds (1: the final round's)."""
     # A key a run predates counts as the default it ran with (as when a sweep resumes).
     defaults = app_defaults()
     configs = {g.name: {**defaults, **g.runs[0].config} for g in groups if g.runs}
@@ -94,14 +96,14 @@ def table(groups: Sequence[Group], supernodes: int) -> str:
         name = column(config, supernodes)
         if name not in columns:
             columns.append(name)
-        clean = {r.seed: r.final_accuracy() for r in base.runs if r.seed is not None}
+        clean = {r.seed: r.last_accuracy(last) for r in base.runs if r.seed is not None}
         if group is base:
-            accuracy = estimate([r.final_accuracy() for r in group.runs])
+            accuracy = estimate([r.last_accuracy(last) for r in group.runs])
             half = "" if accuracy.half_width is None else f" ± {100 * accuracy.half_width:.1f}"
             seeds = f"{accuracy.n} seed{'s' if accuracy.n > 1 else ''}"
             cells[base.name][name] = f"{100 * accuracy.mean:.1f}{half} ({seeds})"
         else:
-            cells[base.name][name] = _cell(group.runs, clean)
+            cells[base.name][name] = _cell(group.runs, clean, last)
     lines = [
         "| strategy | " + " | ".join(columns) + " |",
         "| --- |" + " --- |" * len(columns),
@@ -116,9 +118,17 @@ def table(groups: Sequence[Group], supernodes: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="a results folder of an attack preset")
+    parser.add_argument(
+        "--last",
+        type=int,
+        default=1,
+        help="a run's accuracy is the mean of its last N rounds (default 1: the final round's)",
+    )
     args = parser.parse_args(argv)
+    if args.last < 1:
+        parser.error(f"--last {args.last}: expected a number of rounds >= 1")
     groups, meta = load_groups(args.out)
-    print(table(groups, int(meta["supernodes"])))
+    print(table(groups, int(meta["supernodes"]), args.last))
     print(f"\n{meta['complete_runs']} of {meta['planned_runs']} planned runs complete")
 
 

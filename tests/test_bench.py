@@ -845,3 +845,22 @@ def test_the_attack_table_pairs_each_run_with_its_strategys_clean_run(tmp_path: 
     assert fedlora[4] == " |"  # fedlora has no such row
     assert flasc[1] == "65.0 (1 seed)" and flasc[4] == "60.0 (-5.0) |"
     assert len(lines) == 4 and "12.3" not in "".join(lines)  # the lr row is not in the table
+    # --last 2: each run's accuracy is the mean of its last two rounds (0.5 and its final).
+    steadier = table(groups, 100, last=2).splitlines()[2].split(" | ")
+    assert steadier[1].startswith("60.5 ± ") and steadier[2] == "55.0 (-5.0)"
+
+
+@pytest.mark.parametrize(
+    ("folder", "last"),
+    [("cpu-fmnist-attacks", 1), ("cpu-fmnist-attacks-pt", 1), ("cpu-fmnist-attacks-pt", 3)],
+)
+def test_the_robustness_docs_show_the_attack_tables_of_the_committed_runs(
+    folder: str, last: int
+) -> None:
+    """docs/robustness.md holds what ``attack_table`` prints for each committed attack folder,
+    so the docs cannot drift from the runs (regenerate with the commands the docs give)."""
+    from flora_tools.attack_table import table
+
+    groups, meta = load_groups(ROOT / "benchmarks" / folder)
+    doc = (ROOT / "docs" / "robustness.md").read_text()
+    assert table(groups, int(meta["supernodes"]), last) in doc

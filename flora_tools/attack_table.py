@@ -65,10 +65,9 @@ def column(config: dict[str, Any], supernodes: int) -> str:
 
 def _cell(runs: Sequence[Run], clean: dict[int, float], last: int) -> str:
     accuracy = 100 * estimate([r.last_accuracy(last) for r in runs]).mean
-    paired = [(r.seed, r.last_accuracy(last) - clean[r.seed]) for r in runs if r.seed in clean]
-    if not paired:
+    deltas = [100 * (r.last_accuracy(last) - clean[r.seed]) for r in runs if r.seed in clean]
+    if not deltas:
         return f"{accuracy:.1f}"
-    deltas = [100 * d for _, d in paired]
     if len(deltas) == 1:
         return f"{accuracy:.1f} ({deltas[0]:+.1f})"
     delta = estimate(deltas)
@@ -84,6 +83,10 @@ def table(groups: Sequence[Group], supernodes: int, last: int = 1) -> str:
     configs = {g.name: {**defaults, **g.runs[0].config} for g in groups if g.runs}
     cleans = [g for g in groups if g.runs and _is_clean(configs[g.name])]
     by_setting = {_setting(configs[g.name]): g for g in cleans}
+    clean_accuracy = {
+        g.name: {r.seed: r.last_accuracy(last) for r in g.runs if r.seed is not None}
+        for g in cleans
+    }
     cells: dict[str, dict[str, str]] = {g.name: {} for g in cleans}
     columns = [CLEAN]
     for group in groups:
@@ -96,14 +99,13 @@ def table(groups: Sequence[Group], supernodes: int, last: int = 1) -> str:
         name = column(config, supernodes)
         if name not in columns:
             columns.append(name)
-        clean = {r.seed: r.last_accuracy(last) for r in base.runs if r.seed is not None}
         if group is base:
             accuracy = estimate([r.last_accuracy(last) for r in group.runs])
             half = "" if accuracy.half_width is None else f" ± {100 * accuracy.half_width:.1f}"
             seeds = f"{accuracy.n} seed{'s' if accuracy.n > 1 else ''}"
             cells[base.name][name] = f"{100 * accuracy.mean:.1f}{half} ({seeds})"
         else:
-            cells[base.name][name] = _cell(group.runs, clean, last)
+            cells[base.name][name] = _cell(group.runs, clean_accuracy[base.name], last)
     lines = [
         "| strategy | " + " | ".join(columns) + " |",
         "| --- |" + " --- |" * len(columns),

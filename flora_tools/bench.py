@@ -350,6 +350,11 @@ _ROBUST_KEYS = {
 }
 
 
+def _robust(aggregation: str) -> dict[str, Any]:
+    """The keys of one aggregation choice (Krum's family needs its assumptions too)."""
+    return {"aggregation": aggregation, **_ROBUST_KEYS.get(aggregation, {})}
+
+
 def _attacked(
     attack: str,
     share: int,
@@ -366,8 +371,7 @@ def _attacked(
                 **(model or {}),
                 "byzantine-clients": share,
                 "attack": attack,
-                "aggregation": aggregation,
-                **_ROBUST_KEYS.get(aggregation, {}),
+                **_robust(aggregation),
             },
             seeds=seeds,
         )
@@ -412,7 +416,7 @@ def _defended(aggregation: str) -> tuple[SweepConfig, ...]:
     return tuple(
         SweepConfig(
             f"{_PT}{name}-{aggregation}",
-            {**keys, **_EFFNET, "aggregation": aggregation, **_ROBUST_KEYS.get(aggregation, {})},
+            {**keys, **_EFFNET, **_robust(aggregation)},
         )
         for name, keys in _ATTACKED_STRATEGIES.items()
     )

@@ -107,7 +107,6 @@ def test_budget_names_are_canonical(name: str) -> None:
 
 
 def test_a_run_with_a_budget_sends_replies_within_it(tmp_path, tiny_run_config: dict) -> None:
-
     from flora_app.config import FloraConfig
     from flora_app.server_app import run
     from tests.helpers import LocalGrid

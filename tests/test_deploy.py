@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from flora_app.results import read_rounds
+from flora_app.results import ROUNDS_FILE, read_rounds
 from flora_tools.deployment import processes
 from flora_tools.deployment.deployment import Deployment
 from tests.helpers import untimed_rounds
@@ -163,7 +163,7 @@ def test_a_superlink_killed_mid_round_resumes_from_its_checkpoint(
         # Round 1 is checkpointed and round 2's training messages have reached both nodes.
         assert processes.wait_until(
             lambda: (
-                (cut_dir / "rounds.jsonl").exists()
+                (cut_dir / ROUNDS_FILE).exists()
                 and len(read_rounds(cut_dir)) == 1
                 and all(n.count(TRAIN_RECEIVED) >= s + 2 for n, s in zip(nodes, sent, strict=True))
             ),

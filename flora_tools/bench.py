@@ -350,7 +350,7 @@ _ROBUST_KEYS = {
 }
 
 
-def _robust(aggregation: str) -> dict[str, Any]:
+def robust_keys(aggregation: str) -> dict[str, Any]:
     """The keys of one aggregation choice (Krum's family needs its assumptions too)."""
     return {"aggregation": aggregation, **_ROBUST_KEYS.get(aggregation, {})}
 
@@ -362,7 +362,7 @@ def _attacked(
     seeds: int | None = None,
     prefix: str = "",
     model: dict[str, Any] | None = None,
-):
+) -> tuple[SweepConfig, ...]:
     return tuple(
         SweepConfig(
             f"{prefix}{name}-{attack}{share}-{aggregation}",
@@ -371,11 +371,29 @@ def _attacked(
                 **(model or {}),
                 "byzantine-clients": share,
                 "attack": attack,
-                **_robust(aggregation),
+                **robust_keys(aggregation),
             },
             seeds=seeds,
         )
         for name, keys in _ATTACKED_STRATEGIES.items()
+    )
+
+
+def _other_attacks(
+    prefix: str = "", model: dict[str, Any] | None = None
+) -> tuple[SweepConfig, ...]:
+    """The rest of the issue's grid, one seed each: the other attacker shares (10 and 30 %)
+    and the other attacks (noise, label flipping), against the mean and the trimmed mean."""
+    return tuple(
+        row
+        for attack, share in (
+            ("sign-flip", 10),
+            ("sign-flip", 30),
+            ("noise", 20),
+            ("label-flip", 20),
+        )
+        for aggregation in ("mean", "trimmed-mean")
+        for row in _attacked(attack, share, aggregation, None, prefix, model)
     )
 
 
@@ -388,17 +406,7 @@ ATTACK_SWEEP: tuple[SweepConfig, ...] = (
         for row in _attacked(attack, 20, aggregation, seeds)
     ),
     *(row for attack in ("sign-flip", "scale") for row in _attacked(attack, 20, "median")),
-    *(
-        row
-        for attack, share in (("sign-flip", 10), ("sign-flip", 30), ("noise", 20))
-        for aggregation in ("mean", "trimmed-mean")
-        for row in _attacked(attack, share, aggregation)
-    ),
-    *(
-        row
-        for aggregation in ("mean", "trimmed-mean")
-        for row in _attacked("label-flip", 20, aggregation)
-    ),
+    *_other_attacks(),
 )
 
 
@@ -408,7 +416,7 @@ ATTACK_SWEEP: tuple[SweepConfig, ...] = (
 # clean rows are cpu-fmnist's, so its runs stand for them. Seed 0 first takes 20 % sign-flip
 # against the mean and the two defences expected to hold, then each defence without attackers
 # (what the defence itself costs, so that an attacked row's loss is not all put on the attack),
-# then scaling, then the median.
+# then scaling, then the median, then the rest of the grid as in cpu-fmnist-attacks.
 _PT = "effnet-pt-"
 
 
@@ -416,11 +424,32 @@ def _defended(aggregation: str) -> tuple[SweepConfig, ...]:
     return tuple(
         SweepConfig(
             f"{_PT}{name}-{aggregation}",
-            {**keys, **_EFFNET, **_robust(aggregation)},
+            {**keys, **_EFFNET, **robust_keys(aggregation)},
         )
         for name, keys in _ATTACKED_STRATEGIES.items()
     )
 
+
+# FLASC's server Adam or its sparsity: which one the defences fail on. defence_probe finds
+# trimmed-mean and multi-krum treat FLASC's round-1 updates as they treat the dense ones (as
+# many coordinates shared, as many sign flips dropped), so these rows swap Adam for the plain
+# mean of the updates at full step (FedAvgM without momentum at server-lr 1, as fedlora
+# applies its mean): clean, attacked under the mean, and multi-krum without attackers.
+_FLASC_SGD = {
+    **_flasc(0.1),
+    **_EFFNET,
+    "server-optimizer": "sgd",
+    "server-lr": 1.0,
+    "server-lr-schedule": "constant",
+}
+_FLASC_SGD_ROWS = (
+    SweepConfig(f"{_PT}flasc-d10-sgd", _FLASC_SGD),
+    SweepConfig(
+        f"{_PT}flasc-d10-sgd-sign-flip20-mean",
+        {**_FLASC_SGD, "byzantine-clients": 20, "attack": "sign-flip", **robust_keys("mean")},
+    ),
+    SweepConfig(f"{_PT}flasc-d10-sgd-multi-krum", {**_FLASC_SGD, **robust_keys("multi-krum")}),
+)
 
 _PT_DEFENCES = (("mean", 1), ("trimmed-mean", 3), ("multi-krum", 3))
 ATTACK_PT_SWEEP: tuple[SweepConfig, ...] = (
@@ -441,6 +470,8 @@ ATTACK_PT_SWEEP: tuple[SweepConfig, ...] = (
         for attack in ("sign-flip", "scale")
         for row in _attacked(attack, 20, "median", 1, _PT, _EFFNET)
     ),
+    *_other_attacks(_PT, _EFFNET),
+    *_FLASC_SGD_ROWS,
 )
 
 

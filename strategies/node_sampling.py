@@ -41,6 +41,14 @@ MAX_OVER_SELECTION = 10.0
 _KINDS = {"train": 0, "evaluate": 1}  # one stream per kind, so evaluation never shifts training
 
 
+def sampled_positions(seed: int, server_round: int, kind: str, count: int, size: int) -> np.ndarray:
+    """Which of ``count`` listed nodes round ``server_round`` samples for ``kind``, in sampling
+    order: positions in the listing (partition order under ``PartitionOrderedGrid``), so that
+    a tool can tell which partitions a round of a run trained."""
+    rng = np.random.default_rng([seed, server_round, _KINDS[kind]])
+    return rng.choice(count, size=size, replace=False)
+
+
 class _Listing(GridView):
     """The grid, listing only the sampled nodes (in sampling order)."""
 
@@ -131,6 +139,16 @@ class NodeSampling(Strategy):
             int(count * min(1.0, fraction)), int(getattr(self.strategy, f"min_{kind}_nodes", 1))
         )
 
+    def positions(self, server_round: int, kind: str, count: int) -> np.ndarray | None:
+        """The listing positions round ``server_round`` samples for ``kind`` among ``count``
+        nodes, without over-selection's extras; None when the inner strategy does not sample
+        by a fraction."""
+        fraction = self._fraction(kind)
+        if fraction is None:
+            return None
+        size = self._size(kind, count, fraction)
+        return sampled_positions(self.seed, server_round, kind, count, size)
+
     def _sample(self, server_round: int, kind: str, grid: Grid, extra: float) -> list[int] | None:
         """This round's nodes in sampling order, as many as Flower's FedAvg would sample at
         ``fraction * (1 + extra)``; None when the inner strategy does not sample by a fraction.
@@ -146,8 +164,7 @@ class NodeSampling(Strategy):
         # Flower's own wait for enough nodes (and its log line); a sample of 0 draws nothing.
         least = max(int(getattr(self.strategy, "min_available_nodes", 1)), size)
         _, nodes = sample_nodes(grid, least, 0)
-        rng = np.random.default_rng([self.seed, server_round, _KINDS[kind]])
-        picks = rng.choice(len(nodes), size=size, replace=False)
+        picks = sampled_positions(self.seed, server_round, kind, len(nodes), size)
         # Flower's own "Sampled k nodes (out of k)" that follows counts the listing it is given.
         log(
             INFO,

@@ -94,6 +94,20 @@ def resume_point(cfg: FloraConfig) -> Checkpoint | None:
     return ckpt
 
 
+def train_config(cfg: FloraConfig, fingerprint: str) -> ConfigRecord:
+    """What every training message tells the nodes (Flower's strategy adds the round)."""
+    train = cfg.training
+    return ConfigRecord(
+        {
+            "lr": train.lr,
+            "local-epochs": train.local_epochs,
+            "batch-size": train.batch_size,
+            "momentum": train.momentum,
+            "base-fingerprint": fingerprint,
+        }
+    )
+
+
 def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
     """The whole federated run on ``grid``; returns the summary (also in ``summary.json``)."""
     # flora's strategies sample nodes from ``seed`` themselves (strategies.node_sampling); the
@@ -186,7 +200,6 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
         num_rounds=cfg.run.num_server_rounds,
         done=done,
     )
-    train = cfg.training
     # A resumed run continues the round numbering (schedules, Adam, the clients' round).
     starter = RoundOffset(strategy, done) if done else strategy
     starter.start(
@@ -194,15 +207,7 @@ def run(grid: Grid, cfg: FloraConfig, resume: Checkpoint | None = None) -> dict:
         initial_arrays=numpy_to_record(initial),
         num_rounds=cfg.run.num_server_rounds - done,
         timeout=cfg.run.round_timeout,
-        train_config=ConfigRecord(
-            {
-                "lr": train.lr,
-                "local-epochs": train.local_epochs,
-                "batch-size": train.batch_size,
-                "momentum": train.momentum,
-                "base-fingerprint": fingerprint,
-            }
-        ),
+        train_config=train_config(cfg, fingerprint),
         evaluate_config=ConfigRecord({"base-fingerprint": fingerprint}),
         evaluate_fn=keeper,
     )

@@ -5,14 +5,17 @@ multi-krum.
     python -m flora_tools.defence_probe                     # cpu-fmnist-attacks-pt, seed 0
     python -m flora_tools.defence_probe --configs effnet-pt-flasc-d10 --out probe.json
     python -m flora_tools.defence_probe --from-runs benchmarks/cpu-fmnist-attacks-pt  # late
+    python -m flora_tools.defence_probe --table benchmarks/defence-probe  # saved results
 
 For each clean configuration of a bench preset, the nodes that the run of ``--seed`` samples in
 round 1 (``strategies.node_sampling``, partitions in order) each train once through the real
 ClientApp, mods and codecs included, from the initial global that the server would send. Their
 updates, decoded as the server decodes them, then go through Flower's own ``trim_mean`` and
 ``select_multikrum`` at the settings of the preset's defended rows. With ``--from-runs`` the
-nodes of the round after each clean run's last train from that run's final global instead:
-the updates late in training, when they are smaller and agree less.
+nodes of the round after each run's last train from that run's final global instead: the
+updates late in training. Each node is sent the exact global (a FLASC node would hold what
+its sparse downlink rebuilt, close to it) and has no state from earlier rounds (none is kept
+without ``error-feedback``).
 
 What it reports, per strategy:
 
@@ -34,6 +37,7 @@ import argparse
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,7 @@ from flora_app.client_app import app
 from flora_app.config import FloraConfig
 from flora_app.ml.data import load_dataset
 from flora_app.ml.lora import base_fingerprint_of, build_trainable, exchanged_state
+from flora_app.server_app import train_config
 from flora_app.strategy_factory import build_strategy
 from flora_app.task import data_spec, model_spec
 from flora_tools.bench import PRESETS, robust_keys, select
@@ -143,16 +148,8 @@ def round_updates(
     positions = sampling.positions(server_round, "train", supernodes)
     if positions is None:
         raise ValueError(f"{cfg.run.strategy}: its strategy does not sample by a fraction")
-    train = cfg.training
     config = ConfigRecord(
-        {
-            "lr": train.lr,
-            "local-epochs": train.local_epochs,
-            "batch-size": train.batch_size,
-            "momentum": train.momentum,
-            "base-fingerprint": base_fingerprint_of(spec),
-            "server-round": server_round,
-        }
+        {**train_config(cfg, base_fingerprint_of(spec)), "server-round": server_round}
     )
     fp32 = get_codec("fp32")
     header = make_header(
@@ -231,15 +228,22 @@ def probe(preset_name: str, names: str, seed: int, runs: Path | None = None) -> 
     return out
 
 
-def table(result: dict[str, Any]) -> str:
-    """The figures as a markdown table, one row per configuration."""
+def table(results: Sequence[dict[str, Any]]) -> str:
+    """Probe results as one markdown table, a row per configuration, seed and round."""
     lines = [
-        "| configuration | " + " | ".join(COLUMNS) + " |",
-        "| --- |" + " --- |" * len(COLUMNS),
+        "| configuration | seed | round | " + " | ".join(COLUMNS) + " |",
+        "| --- | --- | --- |" + " --- |" * len(COLUMNS),
     ]
-    for name, figures in result["configs"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{figures[c]:.2f}" for c in COLUMNS) + " |")
+    for result in results:
+        for name, figures in result["configs"].items():
+            cells = " | ".join(f"{figures[c]:.2f}" for c in COLUMNS)
+            lines.append(f"| {name} | {result['seed']} | {figures['round']} | {cells} |")
     return "\n".join(lines)
+
+
+def folder_table(folder: Path) -> str:
+    """The table of every probe result (``--out``) saved in ``folder``, by file name."""
+    return table([json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,9 +257,13 @@ def main(argv: list[str] | None = None) -> None:
         help="a results folder: start from each run's final checkpoint instead of round 1",
     )
     parser.add_argument("--out", type=Path, help="also write the figures here (JSON)")
+    parser.add_argument("--table", type=Path, help="only print the results saved in a folder")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(folder_table(args.table))
+        return
     result = probe(args.preset, args.configs, args.seed, args.from_runs)
-    print(table(result))
+    print(table([result]))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

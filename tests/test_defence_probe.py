@@ -4,11 +4,12 @@ updates taken from the real ClientApp for the nodes the run samples."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from flora_tools.defence_probe import analyse, round_updates
+from flora_tools.defence_probe import analyse, folder_table, round_updates
 from strategies.node_sampling import sampled_positions
 
 
@@ -78,3 +79,10 @@ def test_a_checkpoint_starts_the_probe_at_the_round_after_it_from_its_global(
     assert same_partitions == partitions
     key = next(iter(initial))
     assert not np.allclose(from_moved[0][key], from_initial[0][key])
+
+
+def test_the_robustness_docs_show_the_committed_probe_results() -> None:
+    root = Path(__file__).parent.parent
+    results = root / "benchmarks" / "defence-probe"
+    assert len(list(results.glob("*.json"))) >= 4
+    assert folder_table(results) in (root / "docs" / "robustness.md").read_text()

@@ -69,16 +69,17 @@ def _only_arrays(content: RecordDict) -> tuple[str, ArrayRecord] | None:
 
 def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Rewrite an attacker's training reply as its ``attack`` says; everything else passes."""
+    from flora_app.config import FloraConfig  # config lists ATTACKS: imported at call time
+
     reply = call_next(msg, context)
-    run_config = context.run_config
-    count = int(run_config.get("byzantine-clients", 0))
-    attack = str(run_config.get("attack", ATTACKS[0]))
+    cfg = FloraConfig.from_run_config(context.run_config)
+    robust = cfg.robustness
     partition = int(context.node_config.get("partition-id", -1))
     if (
         msg.metadata.message_type != "train"
         or reply.has_error()
-        or attack not in UPDATE_ATTACKS
-        or not is_attacker(partition, count)
+        or robust.attack not in UPDATE_ATTACKS
+        or not is_attacker(partition, robust.byzantine_clients)
     ):
         return reply
     sent, got = _only_arrays(msg.content), _only_arrays(reply.content)
@@ -92,8 +93,8 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         return reply
     config = next((r for r in msg.content.config_records.values() if "server-round" in r), {})
     server_round = int(config.get("server-round", 0))
-    rng = np.random.default_rng([int(run_config.get("seed", 0)), server_round, partition, 7])
-    bad = attacked_update(update, attack, float(run_config.get("attack-scale", 10.0)), rng)
+    rng = np.random.default_rng([cfg.run.seed, server_round, partition, 7])
+    bad = attacked_update(update, robust.attack, robust.attack_scale, rng)
     reply.content[key] = numpy_to_record(
         OrderedDict(
             (k, (leading_block(received[k], b.shape) + b).astype(np.float32))

@@ -2,7 +2,8 @@
 
     python -m flora_tools.attack_table benchmarks/cpu-fmnist-attacks-pt
 
-One row per strategy, one column per attack (share and kind) and aggregation the folder holds.
+One column per strategy, one row per attack (share and kind) and defence the folder holds
+(rows, not columns: a grid of a dozen defences reads down a page, not across it).
 A cell is the final accuracy (``--last N``: the mean of the last N rounds, steadier where one
 round's accuracy swings by points), mean over its seeds, and in brackets its change against the same
 strategy's clean run (no attackers, plain mean) of the same seed: one seed's difference, or over
@@ -55,6 +56,9 @@ def column(config: dict[str, Any], supernodes: int) -> str:
     """The column a run belongs to, e.g. ``20 % sign-flip, trimmed-mean``."""
     attackers = int(config.get("byzantine-clients", 0))
     aggregation = config.get("aggregation", "mean")
+    bound = float(config.get("max-update-norm", 0.0))
+    if bound > 0:
+        aggregation += f", norm ≤ {bound:g} ({config.get('update-norm-action', '')})"
     if attackers == 0:
         return CLEAN if aggregation == "mean" else f"no attack, {aggregation}"
     attack = config.get("attack", "")
@@ -76,8 +80,9 @@ def _cell(runs: Sequence[Run], clean: dict[int, float], last: int) -> str:
 
 
 def table(groups: Sequence[Group], supernodes: int, last: int = 1) -> str:
-    """The markdown table: strategies (their clean rows, in folder order) by columns; the
-    accuracy of a run is the mean of its last ``last`` rounds (1: the final round's)."""
+    """The markdown table: attacks and defences (in folder order) by strategies (their clean
+    rows, in folder order); the accuracy of a run is the mean of its last ``last`` rounds
+    (1: the final round's)."""
     # A key a run predates counts as the default it ran with (as when a sweep resumes).
     defaults = app_defaults()
     configs = {g.name: {**defaults, **g.runs[0].config} for g in groups if g.runs}
@@ -107,13 +112,11 @@ def table(groups: Sequence[Group], supernodes: int, last: int = 1) -> str:
         else:
             cells[base.name][name] = _cell(group.runs, clean_accuracy[base.name], last)
     lines = [
-        "| strategy | " + " | ".join(columns) + " |",
-        "| --- |" + " --- |" * len(columns),
+        "| attack, defence | " + " | ".join(g.name for g in cleans) + " |",
+        "| --- |" + " --- |" * len(cleans),
     ]
-    for g in cleans:
-        lines.append(
-            f"| {g.name} | " + " | ".join(cells[g.name].get(c, "") for c in columns) + " |"
-        )
+    for c in columns:
+        lines.append(f"| {c} | " + " | ".join(cells[g.name].get(c, "") for g in cleans) + " |")
     return "\n".join(lines)
 
 

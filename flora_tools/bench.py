@@ -416,7 +416,8 @@ ATTACK_SWEEP: tuple[SweepConfig, ...] = (
 # clean rows are cpu-fmnist's, so its runs stand for them. Seed 0 first takes 20 % sign-flip
 # against the mean and the two defences expected to hold, then each defence without attackers
 # (what the defence itself costs, so that an attacked row's loss is not all put on the attack),
-# then scaling, then the median, then the rest of the grid as in cpu-fmnist-attacks.
+# then scaling, and scaling against the plain mean under an update-norm bound, then the
+# median, then the rest of the grid as in cpu-fmnist-attacks.
 _PT = "effnet-pt-"
 
 
@@ -451,6 +452,16 @@ _FLASC_SGD_ROWS = (
     SweepConfig(f"{_PT}flasc-d10-sgd-multi-krum", {**_FLASC_SGD, **robust_keys("multi-krum")}),
 )
 
+# The update-norm bound against scaling: defence_probe measures the honest round-1 updates at
+# norm 1.23-1.35 (median) and at most 1.93 for every strategy, so a bound of 5 rejects a reply
+# scaled by 10 while leaving 2.6x headroom over the largest honest one; each round's
+# rejected_replies then counts the attackers sampled, or the honest replies wrongly refused.
+_NORM_BOUND = {"max-update-norm": 5.0, "update-norm-action": "reject"}
+_BOUNDED_ROWS = tuple(
+    SweepConfig(f"{row.name}-bound5", {**row.keys, **_NORM_BOUND})
+    for row in _attacked("scale", 20, "mean", 1, _PT, _EFFNET)
+)
+
 _PT_DEFENCES = (("mean", 1), ("trimmed-mean", 3), ("multi-krum", 3))
 ATTACK_PT_SWEEP: tuple[SweepConfig, ...] = (
     *(SweepConfig(f"{_PT}{n}", {**k, **_EFFNET}, seeds=3) for n, k in _ATTACKED_STRATEGIES.items()),
@@ -465,6 +476,7 @@ ATTACK_PT_SWEEP: tuple[SweepConfig, ...] = (
         for agg, seeds in _PT_DEFENCES
         for row in _attacked("scale", 20, agg, seeds, _PT, _EFFNET)
     ),
+    *_BOUNDED_ROWS,
     *(
         row
         for attack in ("sign-flip", "scale")

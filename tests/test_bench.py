@@ -757,6 +757,7 @@ def test_the_pretrained_presets_pair_with_cpu_fmnists_clean_rows(tmp_path: Path,
     """Their rows without DP, tiers or attacks are cpu-fmnist's configurations (so those runs
     stand for them, and Δ is paired by seed); every other row differs from one of them in its
     own keys only."""
+    from flora_tools.attack_table import ATTACK_KEYS, DEFENCE_KEYS
 
     def seed0(preset: str) -> dict[str, dict]:
         jobs = plan(PRESETS[preset], list(PRESETS[preset].sweep), 1, {}, tmp_path)
@@ -773,7 +774,7 @@ def test_the_pretrained_presets_pair_with_cpu_fmnists_clean_rows(tmp_path: Path,
     for n in references:
         assert keys[n] == clean[n], n
     own = {"dp-noise-multiplier", "dp-clipping-norm", "tiers", "rank-tiers"}
-    own |= {"byzantine-clients", "attack", "aggregation", "malicious-nodes", "multi-krum-select"}
+    own |= {*ATTACK_KEYS, *DEFENCE_KEYS}  # what attack_table pairs across
     by_strategy = {keys[n]["strategy"]: keys[n] for n in references}
     server = {"server-optimizer", "server-lr", "server-lr-schedule"}  # FLASC's rows on SGD
     for n, row in keys.items():
@@ -811,7 +812,7 @@ def test_the_attack_table_pairs_each_run_with_its_strategys_clean_run(tmp_path: 
     import dataclasses
 
     from flora_app.config import RobustnessSection, run_config_key
-    from flora_tools.attack_table import ATTACK_KEYS, DEFENCE_KEYS, table
+    from flora_tools.attack_table import ATTACK_KEYS, DEFENCE_KEYS, column, table
 
     robustness = {run_config_key(f.name) for f in dataclasses.fields(RobustnessSection)}
     assert set(ATTACK_KEYS) | set(DEFENCE_KEYS) <= robustness
@@ -835,21 +836,27 @@ def test_the_attack_table_pairs_each_run_with_its_strategys_clean_run(tmp_path: 
     (tmp_path / "bench.json").write_text(json.dumps({"supernodes": 100, "configs": configs}))
     groups, _ = load_groups(tmp_path)
     lines = table(groups, 100).splitlines()
-    assert lines[0] == (
-        "| strategy | clean | 20 % sign-flip, mean | 20 % sign-flip, trimmed-mean "
-        "| no attack, trimmed-mean |"
-    )
-    fedlora, flasc = lines[2].split(" | "), lines[3].split(" | ")
+    assert lines[0] == "| attack, defence | fedlora | flasc |"
+    clean, sf_mean, sf_tm, tm = (line.split(" | ") for line in lines[2:])
+    assert [clean[0], sf_mean[0], sf_tm[0], tm[0]] == [
+        "| clean",
+        "| 20 % sign-flip, mean",
+        "| 20 % sign-flip, trimmed-mean",
+        "| no attack, trimmed-mean",
+    ]
     half = t975(1) * np.std([70, 72], ddof=1) / np.sqrt(2)
-    assert fedlora[1] == f"71.0 ± {half:.1f} (2 seeds)"
-    assert fedlora[2] == "60.0 (-10.0)"
-    assert fedlora[3] == f"71.0 (+0.0 ± {half:.1f}; -1.0, +1.0)"
-    assert fedlora[4] == " |"  # fedlora has no such row
-    assert flasc[1] == "65.0 (1 seed)" and flasc[4] == "60.0 (-5.0) |"
-    assert len(lines) == 4 and "12.3" not in "".join(lines)  # the lr row is not in the table
+    assert clean[1:] == [f"71.0 ± {half:.1f} (2 seeds)", "65.0 (1 seed) |"]
+    assert sf_mean[1:] == ["60.0 (-10.0)", " |"]  # flasc has no such row
+    assert sf_tm[1] == f"71.0 (+0.0 ± {half:.1f}; -1.0, +1.0)"
+    assert tm[1:] == ["", "60.0 (-5.0) |"]  # nor fedlora this one
+    assert len(lines) == 6 and "12.3" not in "".join(lines)  # the lr row is not in the table
+    bounded = attack | {"attack": "scale", "attack-scale": 10.0, "aggregation": "mean"}
+    bounded |= {"max-update-norm": 5.0, "update-norm-action": "reject"}
+    assert column(bounded, 100) == "20 % scale x10, mean, norm ≤ 5 (reject)"
     # --last 2: each run's accuracy is the mean of its last two rounds (0.5 and its final).
-    steadier = table(groups, 100, last=2).splitlines()[2].split(" | ")
-    assert steadier[1].startswith("60.5 ± ") and steadier[2] == "55.0 (-5.0)"
+    steadier = table(groups, 100, last=2).splitlines()
+    assert steadier[2].split(" | ")[1].startswith("60.5 ± ")
+    assert steadier[3].split(" | ")[1] == "55.0 (-5.0)"
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,8 @@ def test_disjoint_sparse_updates_are_trimmed_away_and_their_flips_unseen() -> No
     assert figures["flip_dropped"] == 0.0  # distances do not depend on the signs
     norms = [2.0 * (1.0 + i) for i in range(10)]  # each row's L2 norm
     assert figures["krum_kept_norm"] == pytest.approx(np.mean(norms[:6]) / np.mean(norms))
+    assert figures["norm_median"] == pytest.approx(np.median(norms))  # 11
+    assert figures["norm_max"] == pytest.approx(20.0)
 
 
 @pytest.mark.parametrize(("strategy", "density"), [("fedlora", None), ("flasc", 0.1)])

@@ -23,14 +23,23 @@ What it reports, per strategy:
   coordinates some update touches, how many of the updates touch each, on average);
 - ``trimmed_norm`` / ``trimmed_cosine``: the trimmed mean's norm against the mean's, and the
   cosine between the two (how much honest signal trimming keeps with no attacker at all);
+- ``median_norm`` / ``median_cosine``: the same for the coordinate-wise median (what Flower's
+  ``FedMedian`` computes, ``np.median`` over the stacked replies, inline in its
+  ``aggregate_train``, so not importable);
 - ``krum_kept_norm``: the mean norm of the updates multi-krum keeps against all the updates'
   (below 1: it prefers small updates);
 - ``flip_dropped``: of the updates multi-krum keeps, the share it drops once that one update
   alone is negated (1: it sees every sign flip; 0: none);
 - ``flip_passed``: how much of one negated update's change to the mean gets through the trimmed
   mean (the norm of its change to the trimmed mean against its change to the mean);
+- ``top_tensor_share``: the share of the updates' squared norm that their largest tensor holds
+  (named in the JSON as ``top_tensor``). Every figure above is over whole updates, so where one
+  tensor dominates (the fully trained classifier head of the pretrained rows), it is mostly
+  that tensor's;
 - ``norm_median`` / ``norm_max``: the honest updates' L2 norms over every exchanged coordinate,
-  the scale ``max-update-norm`` is set against (results saved before they existed show "-").
+  the scale ``max-update-norm`` is set against.
+
+Results saved before a figure existed show "-" in its column.
 
 Beside a running simulation on a small machine, set ``OMP_NUM_THREADS=1``: with default
 threads each node's training took ~75 s instead of ~3 s on 2 cores (oversubscription).
@@ -78,9 +87,12 @@ COLUMNS = (
     "shared_by",
     "trimmed_norm",
     "trimmed_cosine",
+    "median_norm",
+    "median_cosine",
     "krum_kept_norm",
     "flip_dropped",
     "flip_passed",
+    "top_tensor_share",
     "norm_median",
     "norm_max",
 )
@@ -102,16 +114,28 @@ def _kept(updates: np.ndarray, malicious: int, keep: int) -> list[int]:
     return [next(i for i, c in enumerate(contents) if c is pick) for pick in chosen]
 
 
+def _top_tensor(updates: list[OrderedDict[str, np.ndarray]]) -> tuple[str, float]:
+    """The tensor holding most of the updates' squared norm, and its share of it."""
+    squares = {
+        k: sum(float(np.square(u[k], dtype=np.float64).sum()) for u in updates) for k in updates[0]
+    }
+    name = max(squares, key=squares.__getitem__)
+    total = sum(squares.values())
+    return name, squares[name] / total if total > 0 else 0.0
+
+
 def analyse(
     updates: list[OrderedDict[str, np.ndarray]], trim_fraction: float, malicious: int, keep: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The probe's figures (the module docstring) for one round's decoded updates."""
     rows = np.stack([_flat(u) for u in updates])
+    top_tensor, top_share = _top_tensor(updates)
     n = len(rows)
     touched = rows != 0.0
     union = touched.any(axis=0)
     mean = rows.mean(axis=0)
     trimmed = trim_mean(rows, trim_fraction)
+    median = np.median(rows, axis=0)
     norms = np.linalg.norm(rows, axis=1)
     kept = _kept(rows, malicious, keep)
     dropped, passed = [], []
@@ -130,9 +154,13 @@ def analyse(
         "shared_by": float(touched[:, union].sum(axis=0).mean()) if union.any() else 0.0,
         "trimmed_norm": float(np.linalg.norm(trimmed)) / mean_norm if mean_norm > 0 else 0.0,
         "trimmed_cosine": _cosine(trimmed, mean),
+        "median_norm": float(np.linalg.norm(median)) / mean_norm if mean_norm > 0 else 0.0,
+        "median_cosine": _cosine(median, mean),
         "krum_kept_norm": float(norms[kept].mean() / norms.mean()) if norms.any() else 0.0,
         "flip_dropped": float(np.mean(dropped)) if dropped else 0.0,
         "flip_passed": float(np.mean(passed)),
+        "top_tensor": top_tensor,
+        "top_tensor_share": top_share,
         "norm_median": float(np.median(norms)),
         "norm_max": float(norms.max()),
     }

@@ -1,7 +1,10 @@
 """Run the app with ``flwr run`` on a local simulation SuperLink, and clean up after it.
 
-``flwr run`` against the ``:local:`` address starts a detached ``flower-superlink`` that
-outlives the run, on fixed default ports other programs may hold. This wrapper gives it a
+``flwr run`` against a local address starts a detached ``flower-superlink`` that outlives the
+run, on fixed default ports other programs may hold. The address is ``:local-in-memory:``, not
+``:local:``: the latter keeps its runs in ``FLWR_HOME/local-superlink/state.db``, so a run left
+pending by a stopped sweep was started again by the next run's SuperLink, beside that run
+(measured: two simulations at once on 2 cores). This wrapper gives it a
 project-local ``FLWR_HOME``, free ports (through ``FLWR_LOCAL_*_PORT``), the offline
 environment of docs/design.md, streams the log, and afterwards stops the SuperLink it caused to be
 started (found by its unique port) with its whole process group, also on Ctrl-C or failure.
@@ -56,7 +59,7 @@ def flwr_env(flwr_home: Path, http_port: int, control_port: int) -> dict[str, st
 def write_flower_config(flwr_home: Path) -> None:
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text(
-        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local-in-memory:"\n'
     )
 
 

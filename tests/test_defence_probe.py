@@ -22,7 +22,7 @@ def test_dense_updates_that_agree_let_multi_krum_drop_every_sign_flip() -> None:
     rows = 1.0 + 0.1 * rng.standard_normal((10, 40))
     figures = analyse(_updates(rows), trim_fraction=0.2, malicious=2, keep=6)
     assert figures["density"] == 1.0 and figures["shared_by"] == 10.0
-    assert figures["trimmed_cosine"] > 0.99
+    assert figures["trimmed_cosine"] > 0.99 and figures["median_cosine"] > 0.99
     assert figures["flip_dropped"] == 1.0
     assert figures["flip_passed"] < 0.2  # the negated values are the extremes trimming cuts
 
@@ -34,11 +34,16 @@ def test_disjoint_sparse_updates_are_trimmed_away_and_their_flips_unseen() -> No
     figures = analyse(_updates(rows), trim_fraction=0.2, malicious=2, keep=6)
     assert figures["density"] == pytest.approx(0.1) and figures["shared_by"] == 1.0
     assert figures["trimmed_norm"] == 0.0  # each coordinate's one value is its extreme
+    assert figures["median_norm"] == 0.0  # and is outnumbered by the nine zeros
     assert figures["flip_dropped"] == 0.0  # distances do not depend on the signs
     norms = [2.0 * (1.0 + i) for i in range(10)]  # each row's L2 norm
     assert figures["krum_kept_norm"] == pytest.approx(np.mean(norms[:6]) / np.mean(norms))
     assert figures["norm_median"] == pytest.approx(np.median(norms))  # 11
     assert figures["norm_max"] == pytest.approx(20.0)
+    # b holds coordinates 30-39: half of row 7's and all of rows 8 and 9, the largest
+    in_b = 2 * 8.0**2 + sum(4 * (1.0 + i) ** 2 for i in (8, 9))
+    assert figures["top_tensor"] == "b"
+    assert figures["top_tensor_share"] == pytest.approx(in_b / sum(n**2 for n in norms))
 
 
 @pytest.mark.parametrize(("strategy", "density"), [("fedlora", None), ("flasc", 0.1)])

@@ -46,6 +46,8 @@ def _run(
         and "flower-superlink" in _cmdline(p)
     ]
     assert not leftovers, f"SuperLink still running: {leftovers}"
+    # Its runs lived in memory: nothing on disk for a later SuperLink to start again.
+    assert not list((tmp_path / "flwr-home").glob("local-superlink/state.db*"))
     return tmp_path / "out" / "e2e", log
 
 

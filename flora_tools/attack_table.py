@@ -48,23 +48,30 @@ def _setting(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, v) for k, v in config.items() if k not in drop))
 
 
-def _is_clean(config: dict[str, Any]) -> bool:
-    return config.get("byzantine-clients", 0) == 0 and config.get("aggregation") == "mean"
-
-
-def column(config: dict[str, Any], supernodes: int) -> str:
-    """The column a run belongs to, e.g. ``20 % sign-flip, trimmed-mean``."""
-    attackers = int(config.get("byzantine-clients", 0))
-    aggregation = config.get("aggregation", "mean")
+def _defence(config: dict[str, Any]) -> str:
+    """How a run combines its replies, e.g. ``mean, norm ≤ 5 (reject)``."""
+    aggregation = str(config.get("aggregation", "mean"))
     bound = float(config.get("max-update-norm", 0.0))
     if bound > 0:
         aggregation += f", norm ≤ {bound:g} ({config.get('update-norm-action', '')})"
+    return aggregation
+
+
+def _is_clean(config: dict[str, Any]) -> bool:
+    return int(config.get("byzantine-clients", 0)) == 0 and _defence(config) == "mean"
+
+
+def row_label(config: dict[str, Any], supernodes: int) -> str:
+    """The table row a run belongs to, e.g. ``20 % sign-flip, trimmed-mean``."""
+    if _is_clean(config):
+        return CLEAN
+    attackers = int(config.get("byzantine-clients", 0))
     if attackers == 0:
-        return CLEAN if aggregation == "mean" else f"no attack, {aggregation}"
+        return f"no attack, {_defence(config)}"
     attack = config.get("attack", "")
     if attack == "scale":
         attack = f"scale x{config.get('attack-scale', 0):g}"
-    return f"{round(100 * attackers / supernodes)} % {attack}, {aggregation}"
+    return f"{round(100 * attackers / supernodes)} % {attack}, {_defence(config)}"
 
 
 def _cell(runs: Sequence[Run], clean: dict[int, float], last: int) -> str:
@@ -93,7 +100,7 @@ def table(groups: Sequence[Group], supernodes: int, last: int = 1) -> str:
         for g in cleans
     }
     cells: dict[str, dict[str, str]] = {g.name: {} for g in cleans}
-    columns = [CLEAN]
+    rows = [CLEAN]
     for group in groups:
         if not group.runs:
             continue
@@ -101,9 +108,9 @@ def table(groups: Sequence[Group], supernodes: int, last: int = 1) -> str:
         base = by_setting.get(_setting(config))
         if base is None:
             continue  # no clean row to pair with: not this table's
-        name = column(config, supernodes)
-        if name not in columns:
-            columns.append(name)
+        name = row_label(config, supernodes)
+        if name not in rows:
+            rows.append(name)
         if group is base:
             accuracy = estimate([r.last_accuracy(last) for r in group.runs])
             half = "" if accuracy.half_width is None else f" ± {100 * accuracy.half_width:.1f}"
@@ -115,7 +122,7 @@ def table(groups: Sequence[Group], supernodes: int, last: int = 1) -> str:
         "| attack, defence | " + " | ".join(g.name for g in cleans) + " |",
         "| --- |" + " --- |" * len(cleans),
     ]
-    for c in columns:
+    for c in rows:
         lines.append(f"| {c} | " + " | ".join(cells[g.name].get(c, "") for g in cleans) + " |")
     return "\n".join(lines)
 

@@ -812,7 +812,7 @@ def test_the_attack_table_pairs_each_run_with_its_strategys_clean_run(tmp_path: 
     import dataclasses
 
     from flora_app.config import RobustnessSection, run_config_key
-    from flora_tools.attack_table import ATTACK_KEYS, DEFENCE_KEYS, column, table
+    from flora_tools.attack_table import ATTACK_KEYS, DEFENCE_KEYS, row_label, table
 
     robustness = {run_config_key(f.name) for f in dataclasses.fields(RobustnessSection)}
     assert set(ATTACK_KEYS) | set(DEFENCE_KEYS) <= robustness
@@ -852,7 +852,10 @@ def test_the_attack_table_pairs_each_run_with_its_strategys_clean_run(tmp_path: 
     assert len(lines) == 6 and "12.3" not in "".join(lines)  # the lr row is not in the table
     bounded = attack | {"attack": "scale", "attack-scale": 10.0, "aggregation": "mean"}
     bounded |= {"max-update-norm": 5.0, "update-norm-action": "reject"}
-    assert column(bounded, 100) == "20 % scale x10, mean, norm ≤ 5 (reject)"
+    assert row_label(bounded, 100) == "20 % scale x10, mean, norm ≤ 5 (reject)"
+    # a bound alone is a defence: that run is not a second clean run of its strategy
+    bound_only = {"aggregation": "mean", "max-update-norm": 5.0, "update-norm-action": "reject"}
+    assert row_label(bound_only, 100) == "no attack, mean, norm ≤ 5 (reject)"
     # --last 2: each run's accuracy is the mean of its last two rounds (0.5 and its final).
     steadier = table(groups, 100, last=2).splitlines()
     assert steadier[2].split(" | ")[1].startswith("60.5 ± ")

@@ -29,7 +29,12 @@ from flora_app.ml.names import (
     PRETRAINED_MODELS,
 )
 from flora_app.tiers import TiersError, parse_tiers
-from strategies.choices import CLIPPING_SIDES, LINK_PROFILES, UPDATE_NORM_ACTIONS
+from strategies.choices import (
+    CLIPPING_SIDES,
+    LINK_PROFILES,
+    NO_COSINE_BOUND,
+    UPDATE_NORM_ACTIONS,
+)
 from strategies.codecs.names import (
     AFFINE_BITS,
     ENTROPY_CODERS,
@@ -428,6 +433,12 @@ class RobustnessSection(Section):
         "a reply above max-update-norm is scaled down to it, or rejected",
         choices=UPDATE_NORM_ACTIONS,
     )
+    min_update_cosine: float = key(
+        NO_COSINE_BOUND,
+        "a reply whose update has a cosine below this with the round's coordinate-wise median "
+        "update is rejected: 0 drops sign flips, -1 none",
+        within=Range(-1.0, 1.0),
+    )
     max_num_examples: int = key(
         1_000_000, "largest num-examples a reply may claim", within=Range(0, low_open=True)
     )
@@ -547,6 +558,8 @@ class FloraConfig:
                 if r.over_selection > 0.0
                 else ("max-update-norm", r.max_update_norm, "0 (dp-clipping-norm bounds updates)")
                 if r.max_update_norm > 0.0
+                else ("min-update-cosine", r.min_update_cosine, f"{NO_COSINE_BOUND:g} (no filter)")
+                if r.min_update_cosine != NO_COSINE_BOUND
                 else None
             )
             if clash:

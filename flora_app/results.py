@@ -130,7 +130,8 @@ def _per_client(rounds: list[dict[str, Any]], key: str, count_key: str) -> float
 
 def progress_line(record: dict[str, Any], history: list[dict[str, Any]]) -> str:
     """``round 3/20 | acc 0.912 loss 0.31 | up 0.54 MB (1.6) down 0.54 MB (1.6) | 2.1 s``,
-    plus ``| replies: 5 used, 2 rejected, 0 failed, 0 spare`` in a round that lost any."""
+    plus ``| replies: 5 used, 2 rejected, 0 failed, 0 spare`` in a round that lost any (with
+    ``min-update-cosine``, ``1 outlier`` after the rejected ones)."""
     cum_up = sum(r["bytes_up"] for r in history) / MB
     cum_down = sum(r["bytes_down"] for r in history) / MB
     line = (
@@ -142,7 +143,12 @@ def progress_line(record: dict[str, Any], history: list[dict[str, Any]]) -> str:
     )
     if "dp_epsilon" in record:
         line += f" | epsilon {record['dp_epsilon']:.3g}"
-    lost = {k: int(record.get(f"{k}_replies", 0)) for k in ("rejected", "failed", "spare")}
+    kinds = ("rejected", "outlier", "failed", "spare")  # outlier: only with its filter on
+    lost = {
+        k: int(record.get(f"{k}_replies", 0))
+        for k in kinds
+        if k != "outlier" or "outlier_replies" in record
+    }
     if any(lost.values()):
         used = int(record.get("aggregated_replies", 0))
         line += " | replies: " + ", ".join([f"{used} used"] + [f"{n} {k}" for k, n in lost.items()])

@@ -25,6 +25,7 @@ from typing import Any
 from flora_tools.bench import load_groups
 from flora_tools.bench_report import Group, Run, estimate
 from flora_tools.preflight import app_defaults
+from strategies.choices import NO_COSINE_BOUND
 
 # What an attacked or defended run changes against its clean run (flora_app.config's
 # robustness section; tests check that each is a key there).
@@ -36,6 +37,7 @@ DEFENCE_KEYS = (
     "multi-krum-select",
     "max-update-norm",
     "update-norm-action",
+    "min-update-cosine",
 )
 # Where and as which seed a run was made: never part of what pairs it.
 _RUN_KEYS = ("seed", "run-name", "output-dir", "resume-from")
@@ -49,11 +51,15 @@ def _setting(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def _defence(config: dict[str, Any]) -> str:
-    """How a run combines its replies, e.g. ``mean, norm ≤ 5 (reject)``."""
+    """How a run combines its replies, e.g. ``mean, norm ≤ 5 (reject)`` or
+    ``mean, cosine ≥ 0``."""
     aggregation = str(config.get("aggregation", "mean"))
     bound = float(config.get("max-update-norm", 0.0))
     if bound > 0:
         aggregation += f", norm ≤ {bound:g} ({config.get('update-norm-action', '')})"
+    cosine = float(config.get("min-update-cosine", NO_COSINE_BOUND))
+    if cosine != NO_COSINE_BOUND:
+        aggregation += f", cosine ≥ {cosine:g}"
     return aggregation
 
 

@@ -28,6 +28,8 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_stdv
 
+from strategies.choices import NO_COSINE_BOUND
+from strategies.direction_filter import MedianDirectionFilter
 from strategies.node_sampling import NodeSampling
 from strategies.privacy import PrivacyAccounting
 from strategies.schedules import schedule_factor
@@ -340,18 +342,27 @@ def sampled_aggregator(
     malicious_nodes: int = 0,
     multi_krum_select: int = 1,
     privacy: dict[str, Any] | None = None,
+    min_update_cosine: float = NO_COSINE_BOUND,
     build: Callable[..., FedAvg] = combiner,
     **sampling: Any,
 ) -> Strategy:
     """The strategy beneath a compression wrapper, sampling nodes from ``seed`` and
     over-selecting: ``strategy`` if given (any Flower strategy), else
     ``build(aggregation=..., trim_fraction=..., **sampling)`` (a combiner, or FLASC's server
-    optimizer over one)."""
+    optimizer over one). With ``min_update_cosine`` above -1, replies pointing away from the
+    round's median update are dropped first (``MedianDirectionFilter``), so over-selection can
+    fill their places."""
     private = privacy is not None and privacy.get("noise_multiplier", 0.0) > 0.0
     if private and (strategy is not None or over_selection > 0.0):
         raise ValueError(
             "DP noise with strategy= or over_selection > 0: the noise is added by flora's own "
             "mean of the replies it aggregates; use neither"
+        )
+    filtered = min_update_cosine != NO_COSINE_BOUND
+    if private and filtered:
+        raise ValueError(
+            f"DP noise with min_update_cosine = {min_update_cosine!r}: which replies count "
+            "would depend on the others' data, outside DP's accounting; leave it at -1"
         )
     if strategy is None:
         strategy = build(
@@ -368,7 +379,9 @@ def sampled_aggregator(
             f"aggregation = {aggregation!r} with strategy = {type(strategy).__name__}: "
             "give one of them; the given strategy already aggregates"
         )
-    sampled = NodeSampling(strategy, seed=seed, over_selection=over_selection)
+    sampled: Strategy = NodeSampling(strategy, seed=seed, over_selection=over_selection)
+    if filtered:
+        sampled = MedianDirectionFilter(sampled, min_cosine=min_update_cosine)
     if not private:
         return sampled
     return PrivacyAccounting(sampled, **privacy)  # type: ignore[arg-type]

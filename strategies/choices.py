@@ -9,6 +9,10 @@ from strategies.links import PROFILES
 # (``strategies.compression``).
 UPDATE_NORM_ACTIONS = ("clip", "reject")
 
+# The ``min_update_cosine`` that turns the median-direction filter off
+# (``strategies.direction_filter``): no cosine lies below -1.
+NO_COSINE_BOUND = -1.0
+
 # Where central DP clips updates (``strategies.privacy``): the server, on what it decodes; or
 # the clients too, before encoding.
 CLIPPING_SIDES = ("server", "client")

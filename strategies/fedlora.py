@@ -6,6 +6,7 @@ from __future__ import annotations
 from flwr.serverapp.strategy import Strategy
 
 from strategies.aggregation import sampled_aggregator
+from strategies.choices import NO_COSINE_BOUND
 from strategies.compression import CompressionStrategy
 from strategies.privacy import private_round_settings
 from strategies.validation import DEFAULT_MAX_NUM_EXAMPLES
@@ -50,6 +51,10 @@ class FedLoRA(CompressionStrategy):
     max_update_norm, update_norm_action : float, str (default: 0.0, "clip")
         A bound on each reply's update norm, and whether a longer one is clipped or rejected
         (``CompressionStrategy``).
+    min_update_cosine : float (default: -1.0)
+        Replies whose update has a cosine below this with the round's coordinate-wise median
+        update are dropped (``strategies.direction_filter``): 0 drops sign-flipped updates,
+        which a norm bound cannot see; -1 drops none. Not with DP noise.
     dp_noise_multiplier : float (default: 0.0)
         Central DP (``strategies.privacy``) when > 0: every decoded update is clipped to
         ``dp_clipping_norm``, their uniform mean gets Gaussian noise of this multiplier, and
@@ -81,6 +86,7 @@ class FedLoRA(CompressionStrategy):
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
+        min_update_cosine: float = NO_COSINE_BOUND,
         dp_noise_multiplier: float = 0.0,
         dp_clipping_norm: float = 1.0,
         dp_clipping: str = "server",
@@ -103,6 +109,7 @@ class FedLoRA(CompressionStrategy):
             malicious_nodes=malicious_nodes,
             multi_krum_select=multi_krum_select,
             privacy=privacy,
+            min_update_cosine=min_update_cosine,
             over_selection=over_selection,
             seed=seed,
             fraction_train=fraction_train,

@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import Strategy
 
 from strategies.aggregation import sampled_aggregator
 from strategies.aggregation import server_optimizer as build_server_optimizer
+from strategies.choices import NO_COSINE_BOUND
 from strategies.codecs import sparse_spec
 from strategies.compression import CompressionStrategy
 from strategies.privacy import private_round_settings
@@ -60,8 +61,8 @@ class FLASC(CompressionStrategy):
         updates, or what ``krum``, ``multi-krum`` or ``bulyan`` make of them (FLASC's is the
         mean).
     trim_fraction, malicious_nodes, multi_krum_select, over_selection, seed, max_num_examples,
-    max_update_norm, update_norm_action, dp_noise_multiplier, dp_clipping_norm, dp_clipping,
-    dp_delta, entropy_coder, downlink_delta
+    max_update_norm, update_norm_action, min_update_cosine, dp_noise_multiplier,
+    dp_clipping_norm, dp_clipping, dp_delta, entropy_coder, downlink_delta
         As in ``FedLoRA``.
     strategy : Strategy | None (default: None)
         A Flower strategy to use instead of the server optimizer built from the arguments above.
@@ -98,6 +99,7 @@ class FLASC(CompressionStrategy):
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
+        min_update_cosine: float = NO_COSINE_BOUND,
         dp_noise_multiplier: float = 0.0,
         dp_clipping_norm: float = 1.0,
         dp_clipping: str = "server",
@@ -129,6 +131,7 @@ class FLASC(CompressionStrategy):
             malicious_nodes=malicious_nodes,
             multi_krum_select=multi_krum_select,
             privacy=privacy,
+            min_update_cosine=min_update_cosine,
             over_selection=over_selection,
             seed=seed,
             build=optimizer,

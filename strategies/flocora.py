@@ -13,6 +13,7 @@ from collections.abc import Callable
 from flwr.serverapp.strategy import Strategy
 
 from strategies.aggregation import sampled_aggregator
+from strategies.choices import NO_COSINE_BOUND
 from strategies.codecs import codec_spec
 from strategies.compression import CompressionStrategy
 from strategies.privacy import private_round_settings
@@ -51,8 +52,8 @@ class FLoCoRA(CompressionStrategy):
     error_feedback : bool (default: False)
         Clients carry their quantization residual into their next reply (not in the paper).
     aggregation, trim_fraction, malicious_nodes, multi_krum_select, strategy, over_selection,
-    seed, max_num_examples, max_update_norm, update_norm_action, dp_noise_multiplier,
-    dp_clipping_norm, dp_clipping, dp_delta, entropy_coder, downlink_delta
+    seed, max_num_examples, max_update_norm, update_norm_action, min_update_cosine,
+    dp_noise_multiplier, dp_clipping_norm, dp_clipping, dp_delta, entropy_coder, downlink_delta
         As in ``FedLoRA``: what combines the dequantized replies, and which replies count.
     """
 
@@ -83,6 +84,7 @@ class FLoCoRA(CompressionStrategy):
         max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES,
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
+        min_update_cosine: float = NO_COSINE_BOUND,
         dp_noise_multiplier: float = 0.0,
         dp_clipping_norm: float = 1.0,
         dp_clipping: str = "server",
@@ -105,6 +107,7 @@ class FLoCoRA(CompressionStrategy):
             malicious_nodes=malicious_nodes,
             multi_krum_select=multi_krum_select,
             privacy=privacy,
+            min_update_cosine=min_update_cosine,
             over_selection=over_selection,
             seed=seed,
             fraction_train=fraction_train,

@@ -247,3 +247,5 @@ def test_the_progress_line_reports_a_round_that_lost_replies() -> None:
     assert "replies" not in clean
     lossy = progress_line({**base, "rejected_replies": 2.0, "spare_replies": 1.0}, [])
     assert lossy == clean + " | replies: 5 used, 2 rejected, 0 failed, 1 spare"
+    filtered = progress_line({**base, "rejected_replies": 0.0, "outlier_replies": 2.0}, [])
+    assert filtered == clean + " | replies: 5 used, 0 rejected, 2 outlier, 0 failed, 0 spare"

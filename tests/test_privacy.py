@@ -163,6 +163,7 @@ def test_the_accounted_population_is_the_one_the_sample_was_drawn_from() -> None
         ({"aggregation": "median"}, "'aggregation'"),
         ({"over-selection": 0.5}, "'over-selection'"),
         ({"max-update-norm": 2.0}, "'max-update-norm'"),
+        ({"min-update-cosine": 0.0}, "'min-update-cosine'"),
     ],
 )
 def test_dp_with_what_it_cannot_compose_with_is_one_line(extra: dict, key: str) -> None:

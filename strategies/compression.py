@@ -28,8 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.common.constant import ErrorCode
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -47,6 +46,7 @@ from strategies.validation import (
     check_payload_size,
     common_metric_keys,
     only_metric_record,
+    rejected_reply,
 )
 from strategies.wire import (
     HEADER_KEY,
@@ -492,7 +492,7 @@ class CompressionStrategy(Strategy):
                     msg.content = self._decode_reply(msg)
                 except (CodecError, RejectedReplyError) as exc:
                     rejected += 1
-                    msg = self._rejected(server_round, msg, exc)
+                    msg = rejected_reply(server_round, msg, str(exc))
             out.append(msg)
         self._round_metrics["rejected_replies"] = float(rejected)
         if self.max_update_norm > 0.0:
@@ -526,21 +526,8 @@ class CompressionStrategy(Strategy):
         try:
             check_metrics(only_metric_record(msg.content), self.max_num_examples)
         except RejectedReplyError as exc:
-            return self._rejected(server_round, msg, exc)
+            return rejected_reply(server_round, msg, str(exc))
         return msg
-
-    def _rejected(self, server_round: int, msg: Message, exc: Exception) -> Message:
-        log(
-            WARNING,
-            "round %d: reply from node %d rejected: %s",
-            server_round,
-            msg.metadata.src_node_id,
-            exc,
-        )
-        return Message(
-            metadata=msg.metadata,
-            error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
-        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -19,17 +19,15 @@ knows nothing of codecs or models.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
-from flwr.common.constant import ErrorCode
-from flwr.common.logger import log
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from strategies.chain import Forwarding
 from strategies.choices import NO_COSINE_BOUND
+from strategies.validation import rejected_reply
 
 # Fewer valid replies than this give no median to judge by: with 2, the median is their mean,
 # which a flipped reply cancels to zero.
@@ -106,19 +104,10 @@ class MedianDirectionFilter(Forwarding):
         return self.strategy.aggregate_train(server_round, replies)
 
     def _outlier(self, server_round: int, msg: Message, cosine: float) -> Message:
-        reason = (
-            f"update's cosine {cosine:.3g} with the round's median update is below "
-            f"min-update-cosine {self.min_cosine:g}"
-        )
-        log(
-            WARNING,
-            "round %d: reply from node %d rejected: %s",
-            server_round,
-            msg.metadata.src_node_id,
-            reason,
-        )
         self._metrics["outlier_replies"] += 1
-        return Message(
-            metadata=msg.metadata,
-            error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+        return rejected_reply(
+            server_round,
+            msg,
+            f"update's cosine {cosine:.3g} with the round's median update is below "
+            f"min-update-cosine {self.min_cosine:g}",
         )

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.common.logger import log
 
 from strategies.codecs import Codec
 from strategies.wire import HEADER_KEY
@@ -27,6 +30,23 @@ DEFAULT_MAX_NUM_EXAMPLES = 1_000_000
 
 class RejectedReplyError(ValueError):
     """A reply that must not be aggregated; the message is the reason."""
+
+
+def rejected_reply(server_round: int, msg: Message, reason: str) -> Message:
+    """``msg`` turned into the error reply Flower's strategies skip, logged in the one line
+    every rejection gets (``round 3: reply from node 4711 rejected: <reason>``), whichever
+    wrapper rejects it."""
+    log(
+        WARNING,
+        "round %d: reply from node %d rejected: %s",
+        server_round,
+        msg.metadata.src_node_id,
+        reason,
+    )
+    return Message(
+        metadata=msg.metadata,
+        error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+    )
 
 
 def check_layout(content: RecordDict, arrays_key: str) -> tuple[ArrayRecord, MetricRecord]:

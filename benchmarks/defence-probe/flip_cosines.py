@@ -16,14 +16,10 @@ import sys
 import numpy as np
 
 from flora_tools.bench import PRESETS, select
-from flora_tools.defence_probe import round_updates
+from flora_tools.defence_probe import _cosine, _flat, round_updates
 from flora_tools.preflight import app_defaults
 
 ATTACKERS = 20
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def main(seed: int, name: str) -> None:
@@ -31,8 +27,7 @@ def main(seed: int, name: str) -> None:
     (config,) = select(name, preset.sweep)
     run_config = {**app_defaults(), **preset.run_config, **config.keys, "seed": seed}
     _, partitions, updates = round_updates(run_config, preset.supernodes)
-    flat = np.stack([np.concatenate([v.ravel() for v in u.values()]) for u in updates])
-    flat = flat.astype(np.float64)
+    flat = np.stack([_flat(u) for u in updates])
     attacker = np.array([p < ATTACKERS for p in partitions])
     flat[attacker] *= -1
     median = np.median(flat, axis=0)
@@ -43,7 +38,7 @@ def main(seed: int, name: str) -> None:
         mean_pair = (pairs[k].sum() - 1) / (len(flat) - 1)
         print(
             f"partition {partition:3d} attacker={attacker[k]!s:5} "
-            f"median {cosine(flat[k], median):+.3f}  loo-median {cosine(flat[k], others):+.3f}  "
+            f"median {_cosine(flat[k], median):+.3f}  loo-median {_cosine(flat[k], others):+.3f}  "
             f"mean-pair {mean_pair:+.3f}"
         )
 

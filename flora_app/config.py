@@ -31,6 +31,7 @@ from flora_app.ml.names import (
 from flora_app.tiers import TiersError, parse_tiers
 from strategies.choices import (
     CLIPPING_SIDES,
+    COSINE_SCOPES,
     LINK_PROFILES,
     NO_COSINE_BOUND,
     UPDATE_NORM_ACTIONS,
@@ -438,6 +439,13 @@ class RobustnessSection(Section):
         "a reply whose update has a cosine below this with the round's coordinate-wise median "
         "update is rejected: 0 drops sign flips, -1 none",
         within=Range(-1.0, 1.0),
+    )
+    update_cosine_scope: str = key(
+        "global",
+        "what min-update-cosine's cosine is over: the whole update, or each tensor alone with "
+        "the reply's cosine the median over its tensors (no single tensor, such as a head "
+        "holding most of the norm, decides it)",
+        choices=COSINE_SCOPES,
     )
     max_num_examples: int = key(
         1_000_000, "largest num-examples a reply may claim", within=Range(0, low_open=True)

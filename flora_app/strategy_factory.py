@@ -41,6 +41,7 @@ def _replies(cfg: FloraConfig) -> dict[str, Any]:
         "max_update_norm": r.max_update_norm,
         "update_norm_action": r.update_norm_action,
         "min_update_cosine": r.min_update_cosine,
+        "update_cosine_scope": r.update_cosine_scope,
         "dp_noise_multiplier": cfg.privacy.dp_noise_multiplier,
         "dp_clipping_norm": cfg.privacy.dp_clipping_norm,
         "dp_clipping": cfg.privacy.dp_clipping,

@@ -38,6 +38,7 @@ DEFENCE_KEYS = (
     "max-update-norm",
     "update-norm-action",
     "min-update-cosine",
+    "update-cosine-scope",
 )
 # Where and as which seed a run was made: never part of what pairs it.
 _RUN_KEYS = ("seed", "run-name", "output-dir", "resume-from")
@@ -52,7 +53,7 @@ def _setting(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def _defence(config: dict[str, Any]) -> str:
     """How a run combines its replies, e.g. ``mean, norm ≤ 5 (reject)`` or
-    ``mean, cosine ≥ 0``."""
+    ``mean, cosine ≥ 0 (per tensor)``."""
     aggregation = str(config.get("aggregation", "mean"))
     bound = float(config.get("max-update-norm", 0.0))
     if bound > 0:
@@ -60,6 +61,8 @@ def _defence(config: dict[str, Any]) -> str:
     cosine = float(config.get("min-update-cosine", NO_COSINE_BOUND))
     if cosine != NO_COSINE_BOUND:
         aggregation += f", cosine ≥ {cosine:g}"
+        if config.get("update-cosine-scope", "global") == "tensor":
+            aggregation += " (per tensor)"
     return aggregation
 
 

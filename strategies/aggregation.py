@@ -343,6 +343,7 @@ def sampled_aggregator(
     multi_krum_select: int = 1,
     privacy: dict[str, Any] | None = None,
     min_update_cosine: float = NO_COSINE_BOUND,
+    update_cosine_scope: str = "global",
     build: Callable[..., FedAvg] = combiner,
     **sampling: Any,
 ) -> Strategy:
@@ -350,8 +351,8 @@ def sampled_aggregator(
     over-selecting: ``strategy`` if given (any Flower strategy), else
     ``build(aggregation=..., trim_fraction=..., **sampling)`` (a combiner, or FLASC's server
     optimizer over one). With ``min_update_cosine`` above -1, replies pointing away from the
-    round's median update are dropped first (``MedianDirectionFilter``), so over-selection can
-    fill their places."""
+    round's median update are dropped first (``MedianDirectionFilter``, its cosine taken over
+    ``update_cosine_scope``), so over-selection can fill their places."""
     private = privacy is not None and privacy.get("noise_multiplier", 0.0) > 0.0
     if private and (strategy is not None or over_selection > 0.0):
         raise ValueError(
@@ -381,7 +382,9 @@ def sampled_aggregator(
         )
     sampled: Strategy = NodeSampling(strategy, seed=seed, over_selection=over_selection)
     if filtered:
-        sampled = MedianDirectionFilter(sampled, min_cosine=min_update_cosine)
+        sampled = MedianDirectionFilter(
+            sampled, min_cosine=min_update_cosine, scope=update_cosine_scope
+        )
     if not private:
         return sampled
     return PrivacyAccounting(sampled, **privacy)  # type: ignore[arg-type]

@@ -13,6 +13,11 @@ UPDATE_NORM_ACTIONS = ("clip", "reject")
 # (``strategies.direction_filter``): no cosine lies below -1.
 NO_COSINE_BOUND = -1.0
 
+# What the median-direction filter takes a reply's cosine over: the whole update as one vector,
+# or each tensor alone, the reply's cosine then the median over its tensors (one tensor, such as
+# a classifier head holding most of the norm, cannot decide it).
+COSINE_SCOPES = ("global", "tensor")
+
 # Where central DP clips updates (``strategies.privacy``): the server, on what it decodes; or
 # the clients too, before encoding.
 CLIPPING_SIDES = ("server", "client")

@@ -55,6 +55,9 @@ class FedLoRA(CompressionStrategy):
         Replies whose update has a cosine below this with the round's coordinate-wise median
         update are dropped (``strategies.direction_filter``): 0 drops sign-flipped updates,
         which a norm bound cannot see; -1 drops none. Not with DP noise.
+    update_cosine_scope : str (default: "global")
+        What that cosine is over: the whole update (``global``), or each tensor alone, the
+        reply's cosine then the median over its tensors (``tensor``).
     dp_noise_multiplier : float (default: 0.0)
         Central DP (``strategies.privacy``) when > 0: every decoded update is clipped to
         ``dp_clipping_norm``, their uniform mean gets Gaussian noise of this multiplier, and
@@ -87,6 +90,7 @@ class FedLoRA(CompressionStrategy):
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
         min_update_cosine: float = NO_COSINE_BOUND,
+        update_cosine_scope: str = "global",
         dp_noise_multiplier: float = 0.0,
         dp_clipping_norm: float = 1.0,
         dp_clipping: str = "server",
@@ -110,6 +114,7 @@ class FedLoRA(CompressionStrategy):
             multi_krum_select=multi_krum_select,
             privacy=privacy,
             min_update_cosine=min_update_cosine,
+            update_cosine_scope=update_cosine_scope,
             over_selection=over_selection,
             seed=seed,
             fraction_train=fraction_train,

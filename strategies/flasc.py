@@ -61,7 +61,8 @@ class FLASC(CompressionStrategy):
         updates, or what ``krum``, ``multi-krum`` or ``bulyan`` make of them (FLASC's is the
         mean).
     trim_fraction, malicious_nodes, multi_krum_select, over_selection, seed, max_num_examples,
-    max_update_norm, update_norm_action, min_update_cosine, dp_noise_multiplier,
+    max_update_norm, update_norm_action, min_update_cosine, update_cosine_scope,
+    dp_noise_multiplier,
     dp_clipping_norm, dp_clipping, dp_delta, entropy_coder, downlink_delta
         As in ``FedLoRA``.
     strategy : Strategy | None (default: None)
@@ -100,6 +101,7 @@ class FLASC(CompressionStrategy):
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
         min_update_cosine: float = NO_COSINE_BOUND,
+        update_cosine_scope: str = "global",
         dp_noise_multiplier: float = 0.0,
         dp_clipping_norm: float = 1.0,
         dp_clipping: str = "server",
@@ -132,6 +134,7 @@ class FLASC(CompressionStrategy):
             multi_krum_select=multi_krum_select,
             privacy=privacy,
             min_update_cosine=min_update_cosine,
+            update_cosine_scope=update_cosine_scope,
             over_selection=over_selection,
             seed=seed,
             build=optimizer,

@@ -53,7 +53,8 @@ class FLoCoRA(CompressionStrategy):
         Clients carry their quantization residual into their next reply (not in the paper).
     aggregation, trim_fraction, malicious_nodes, multi_krum_select, strategy, over_selection,
     seed, max_num_examples, max_update_norm, update_norm_action, min_update_cosine,
-    dp_noise_multiplier, dp_clipping_norm, dp_clipping, dp_delta, entropy_coder, downlink_delta
+    update_cosine_scope, dp_noise_multiplier, dp_clipping_norm, dp_clipping, dp_delta,
+    entropy_coder, downlink_delta
         As in ``FedLoRA``: what combines the dequantized replies, and which replies count.
     """
 
@@ -85,6 +86,7 @@ class FLoCoRA(CompressionStrategy):
         max_update_norm: float = 0.0,
         update_norm_action: str = "clip",
         min_update_cosine: float = NO_COSINE_BOUND,
+        update_cosine_scope: str = "global",
         dp_noise_multiplier: float = 0.0,
         dp_clipping_norm: float = 1.0,
         dp_clipping: str = "server",
@@ -108,6 +110,7 @@ class FLoCoRA(CompressionStrategy):
             multi_krum_select=multi_krum_select,
             privacy=privacy,
             min_update_cosine=min_update_cosine,
+            update_cosine_scope=update_cosine_scope,
             over_selection=over_selection,
             seed=seed,
             fraction_train=fraction_train,

@@ -860,6 +860,8 @@ def test_the_attack_table_pairs_each_run_with_its_strategys_clean_run(tmp_path: 
     assert row_label(filtered, 100) == "20 % sign-flip, mean, cosine ≥ 0"
     assert row_label({"min-update-cosine": 0.0}, 100) == "no attack, mean, cosine ≥ 0"
     assert row_label({"min-update-cosine": -1.0}, 100) == "clean"  # -1: no filter
+    per_tensor = filtered | {"update-cosine-scope": "tensor"}
+    assert row_label(per_tensor, 100) == "20 % sign-flip, mean, cosine ≥ 0 (per tensor)"
     # --last 2: each run's accuracy is the mean of its last two rounds (0.5 and its final).
     steadier = table(groups, 100, last=2).splitlines()
     assert steadier[2].split(" | ")[1].startswith("60.5 ± ")

@@ -18,7 +18,11 @@ from flora_app.server_app import run
 from strategies import FLASC, FedLoRA, FLoCoRA
 from strategies.chain import strategy_chain, take_round_metrics
 from strategies.compression import CompressionStrategy
-from strategies.direction_filter import MedianDirectionFilter, median_cosines
+from strategies.direction_filter import (
+    MedianDirectionFilter,
+    median_cosines,
+    tensor_median_cosines,
+)
 from strategies.wire import numpy_to_record, record_to_numpy
 from tests.helpers import LocalGrid, make_arrays, make_reply, send_round
 
@@ -69,6 +73,55 @@ def test_only_the_rows_against_the_median_have_a_negative_cosine() -> None:
     np.testing.assert_allclose(cosines, expected, rtol=1e-6)
     assert (cosines[[0, 1, 2, 3, 4, 6]] > 0.5).all() and cosines[5] < -0.5
     assert cosines[6] == pytest.approx(cosines[1])  # scaling is not a change of direction
+
+
+def test_tensor_scope_is_the_median_of_each_tensors_cosine() -> None:
+    rng = np.random.default_rng(1)
+    sizes = [7, 3, 20, 5]
+    rows = rng.normal(size=(6, sum(sizes)))
+    rows[:, 7:10] = 0.0  # a tensor no reply changed: its median is zero, it says nothing
+    rows[2, 10:30] = 0.0  # a sparse reply that sent none of this tensor: it says nothing of it
+    rows[5, :] = 0.0  # nothing sent at all: no direction
+    got = tensor_median_cosines(rows, sizes)
+    median = np.median(rows, axis=0)
+    want = []
+    for row in rows[:5]:
+        cosines, start = [], 0
+        for size in sizes:
+            block, ref = row[start : start + size], median[start : start + size]
+            if np.linalg.norm(ref) > 0 and np.linalg.norm(block) > 0:
+                cosines.append(block @ ref / (np.linalg.norm(block) * np.linalg.norm(ref)))
+            start += size
+        want.append(np.median(cosines))
+    np.testing.assert_allclose(got, [*want, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(tensor_median_cosines(np.zeros((4, 9)), [4, 5]), np.ones(4))
+
+
+def _against_its_head(node: int) -> OrderedDict:
+    """An honest update whose largest tensor, ``a`` (108 of its 143 values), points against
+    the others' and is 1.5 times as long, as a non-IID node's classifier head can (a sparse
+    uplink then still sends some of its other tensors)."""
+    update = _honest(node)
+    update["a"] = -1.5 * update["a"]
+    return update
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_per_tensor_the_flip_of_an_update_against_its_head_is_dropped(name: str) -> None:
+    """Flipped, that update points along the others in its largest tensor and against them in
+    the rest: over the whole update its cosine is positive and it passes; tensor by tensor it
+    is negative in two of three and dropped, and the rest aggregate exactly."""
+    honest = {node: _honest(node) for node in range(1, 5)}
+    attacked = {**honest, 5: _flipped(_against_its_head(5))}
+    whole = BUILDERS[name](min_update_cosine=0.0)
+    _aggregate(whole, attacked)
+    assert take_round_metrics(whole)["outlier_replies"] == 0
+    per_tensor = BUILDERS[name](min_update_cosine=0.0, update_cosine_scope="tensor")
+    got = _aggregate(per_tensor, attacked)
+    want = _aggregate(BUILDERS[name](), honest)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    assert take_round_metrics(per_tensor)["outlier_replies"] == 1
 
 
 @pytest.mark.parametrize("name", BUILDERS)
@@ -150,6 +203,8 @@ def test_off_by_default_and_bounds_checked() -> None:
             MedianDirectionFilter(FedAvg(), min_cosine=bad)
     with pytest.raises(ValueError, match="min_update_cosine"):
         FedLoRA(min_update_cosine=0.0, dp_noise_multiplier=1.0)
+    with pytest.raises(ValueError, match="scope = 'layer': expected one of global, tensor"):
+        MedianDirectionFilter(FedAvg(), min_cosine=0.0, scope="layer")
 
 
 @pytest.mark.parametrize("value", [-1.5, 1.01, "zero"])
@@ -159,9 +214,17 @@ def test_a_bad_run_config_value_is_one_line_naming_the_key(value: object) -> Non
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("strategy", ["fedlora", "flasc"])
+def test_a_bad_scope_is_one_line_naming_the_key_and_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"'update-cosine-scope'.*global.*tensor") as caught:
+        FloraConfig.from_run_config({"update-cosine-scope": "layer"})
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "scope"), [("fedlora", "global"), ("flasc", "global"), ("flasc", "tensor")]
+)
 def test_the_real_apps_sign_flipping_node_is_dropped_every_round(
-    tmp_path: Path, tiny_run_config: dict, strategy: str
+    tmp_path: Path, tiny_run_config: dict, strategy: str, scope: str
 ) -> None:
     """Real ServerApp and ClientApps in-process: 5 nodes, all sampled, partition 0 flips its
     update; every round drops exactly it, and no honest node."""
@@ -174,6 +237,7 @@ def test_the_real_apps_sign_flipping_node_is_dropped_every_round(
         "byzantine-clients": 1,
         "attack": "sign-flip",
         "min-update-cosine": 0.0,
+        "update-cosine-scope": scope,
         "output-dir": str(tmp_path),
         "run-name": "flip",
     }

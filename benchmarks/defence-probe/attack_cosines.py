@@ -12,14 +12,23 @@ head is the module of the tensor holding most of the updates' squared norm (``_f
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/defence-probe/attack_cosines.py 2 \\
         effnet-pt-fedlora-sign-flip20-mean
+
+A third argument, a run folder, starts from its final checkpoint instead: the round after its
+last, late in training (``...-late.txt``):
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/defence-probe/attack_cosines.py 2 \\
+        effnet-pt-fedlora-sign-flip20-mean \\
+        benchmarks/cpu-fmnist-attacks-pt/runs/effnet-pt-fedlora-sign-flip20-mean-cos0-s2
 """
 
 import sys
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
 from flora_app.attacks import is_attacker
+from flora_app.checkpoint import load_checkpoint
 from flora_tools.bench import PRESETS, select
 from flora_tools.defence_probe import _cosine, _top_tensor, round_updates
 from flora_tools.preflight import app_defaults
@@ -31,11 +40,13 @@ def _rows(updates: list[OrderedDict[str, np.ndarray]], keys: list[str]) -> np.nd
     )
 
 
-def main(seed: int, name: str) -> None:
+def main(seed: int, name: str, start: Path | None = None) -> None:
     preset = PRESETS["cpu-fmnist-attacks-pt"]
     (config,) = select(name, preset.sweep)
     run_config = {**app_defaults(), **preset.run_config, **config.keys, "seed": seed}
-    _, partitions, updates = round_updates(run_config, preset.supernodes)
+    checkpoint = None if start is None else load_checkpoint(start)
+    server_round, partitions, updates = round_updates(run_config, preset.supernodes, checkpoint)
+    print(f"round {server_round}")
     attacker = [is_attacker(p, int(run_config["byzantine-clients"])) for p in partitions]
     top, _ = _top_tensor(updates)
     module = top.rsplit(".", 1)[0]
@@ -75,4 +86,4 @@ def main(seed: int, name: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2])
+    main(int(sys.argv[1]), sys.argv[2], Path(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -470,15 +470,24 @@ _BOUNDED_ROWS = tuple(
 # (a headline row); without attackers, against label flipping, and against 30 % sign-flip (where
 # a round of 10 often holds 3-6 attackers, past the median's majority), seed 0.
 _DIRECTION = {"min-update-cosine": 0.0}
+
+
+def _filtered_rows(suffix: str, keys: dict[str, Any]) -> tuple[SweepConfig, ...]:
+    """A filter's headline rows: against 20 % sign-flip (3 seeds), and without attackers."""
+    return (
+        *(
+            SweepConfig(f"{row.name}-{suffix}", {**row.keys, **keys}, seeds=3)
+            for row in _attacked("sign-flip", 20, "mean", None, _PT, _EFFNET)
+        ),
+        *(
+            SweepConfig(f"{_PT}{name}-{suffix}", {**strategy, **_EFFNET, **keys})
+            for name, strategy in _ATTACKED_STRATEGIES.items()
+        ),
+    )
+
+
 _DIRECTION_ROWS = (
-    *(
-        SweepConfig(f"{row.name}-cos0", {**row.keys, **_DIRECTION}, seeds=3)
-        for row in _attacked("sign-flip", 20, "mean", None, _PT, _EFFNET)
-    ),
-    *(
-        SweepConfig(f"{_PT}{name}-cos0", {**keys, **_EFFNET, **_DIRECTION})
-        for name, keys in _ATTACKED_STRATEGIES.items()
-    ),
+    *_filtered_rows("cos0", _DIRECTION),
     *(
         SweepConfig(f"{row.name}-cos0", {**row.keys, **_DIRECTION})
         for attack, share in (("label-flip", 20), ("sign-flip", 30))
@@ -490,17 +499,7 @@ _DIRECTION_ROWS = (
 # decides it, and honest non-IID heads disagree; benchmarks/defence-probe/attack_cosines.py
 # measured one round where it separates every sign flip from every honest reply and the whole
 # update misses one. 3 seeds against 20 % sign-flip, and without attackers (seed 0).
-_TENSOR_DIRECTION = {**_DIRECTION, "update-cosine-scope": "tensor"}
-_TENSOR_DIRECTION_ROWS = (
-    *(
-        SweepConfig(f"{row.name}-tcos0", {**row.keys, **_TENSOR_DIRECTION}, seeds=3)
-        for row in _attacked("sign-flip", 20, "mean", None, _PT, _EFFNET)
-    ),
-    *(
-        SweepConfig(f"{_PT}{name}-tcos0", {**keys, **_EFFNET, **_TENSOR_DIRECTION})
-        for name, keys in _ATTACKED_STRATEGIES.items()
-    ),
-)
+_TENSOR_DIRECTION_ROWS = _filtered_rows("tcos0", {**_DIRECTION, "update-cosine-scope": "tensor"})
 
 _PT_DEFENCES = (("mean", 1), ("trimmed-mean", 3), ("multi-krum", 3))
 ATTACK_PT_SWEEP: tuple[SweepConfig, ...] = (

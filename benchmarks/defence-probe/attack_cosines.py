@@ -30,14 +30,13 @@ import numpy as np
 from flora_app.attacks import is_attacker
 from flora_app.checkpoint import load_checkpoint
 from flora_tools.bench import PRESETS, select
-from flora_tools.defence_probe import _cosine, _top_tensor, round_updates
+from flora_tools.defence_probe import _cosine, _flat, _top_tensor, round_updates
 from flora_tools.preflight import app_defaults
 
 
 def _rows(updates: list[OrderedDict[str, np.ndarray]], keys: list[str]) -> np.ndarray:
-    return np.stack(
-        [np.concatenate([u[k].astype(np.float64).ravel() for k in keys]) for u in updates]
-    )
+    """One row per update: its tensors ``keys``, flattened as ``defence_probe`` flattens."""
+    return np.stack([_flat(OrderedDict((k, u[k]) for k in keys)) for u in updates])
 
 
 def main(seed: int, name: str, start: Path | None = None) -> None:

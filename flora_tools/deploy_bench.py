@@ -13,7 +13,8 @@ and prints each one's seconds per round (rounds 2 onwards: round 1 also pays the
 processes' start) and flora's ratio to the floor. ``--breakdown`` also times, in fresh
 processes, what one flora training message pays before it trains: Python and torch, Flower's
 ClientApp machinery, flora's ClientApp module, the node's data partition (with the node cache
-off and warm) and the frozen base with its peft adapters.
+off and warm), importing peft, and the frozen base with its peft adapters.
+``--breakdown-only`` prints that table alone (seconds instead of a deployment's minutes).
 """
 
 from __future__ import annotations
@@ -59,10 +60,16 @@ BREAKDOWN: dict[str, tuple[str, str | None]] = {
         _PARTITION,
         "+ flora's ClientApp module",
     ),
+    # peft imports transformers, and through it torch's compiler and distributed stacks:
+    # timed apart from building the model, since no ClientApp that uses peft can avoid it.
+    "+ import peft": (
+        _PARTITION + "import peft",
+        "+ the node's data partition, from the node cache",
+    ),
     "+ the frozen base and its peft adapters": (
         _PARTITION + "from flora_app.ml.lora import build_trainable\n"
         "build_trainable(model_spec(cfg, info))",
-        "+ the node's data partition, from the node cache",
+        "+ import peft",
     ),
 }
 
@@ -138,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / ".flwr" / "deploy-bench")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--breakdown", action="store_true", help="also time one message's parts")
+    parser.add_argument(
+        "--breakdown-only", action="store_true", help="time one message's parts, run nothing"
+    )
     args = parser.parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
     # The same rounds and evaluate fraction (flora's default) for both apps.
     common = f"num-server-rounds={args.rounds} fraction-evaluate=0.2"
     flora_config = [DEFAULT_RUN_CONFIG, args.run_config, common]
+    if args.breakdown_only:
+        _print_breakdown(flora_config)
+        return 0
+    args.workdir.mkdir(parents=True, exist_ok=True)
     runs = {
         "floor": run_app("floor", FLOOR_APP, [common], args.supernodes, args.workdir, args.timeout),
         "flora": run_app("flora", ROOT, flora_config, args.supernodes, args.workdir, args.timeout),
@@ -156,16 +169,20 @@ def main(argv: list[str] | None = None) -> int:
         each = ", ".join(f"{s:.1f}" for s in seconds)
         print(f"| {name} | {_steady(seconds):.1f} | {each} | {_steady(seconds) / floor:.2f}x |")
     if args.breakdown:
-        from flora_tools.preflight import app_defaults, parse_run_config
-
-        config = app_defaults()
-        for text in flora_config:
-            config.update(parse_run_config(text))
-        print("\n| what one flora training message pays before training | s | s in all |")
-        print("| --- | --- | --- |")
-        for step, seconds, total in breakdown(config):
-            print(f"| {step} | {seconds:.2f} | {total:.2f} |")
+        _print_breakdown(flora_config)
     return 0
+
+
+def _print_breakdown(flora_config: list[str]) -> None:
+    from flora_tools.preflight import app_defaults, parse_run_config
+
+    config = app_defaults()
+    for text in flora_config:
+        config.update(parse_run_config(text))
+    print("\n| what one flora training message pays before training | s | s in all |")
+    print("| --- | --- | --- |")
+    for step, seconds, total in breakdown(config):
+        print(f"| {step} | {seconds:.2f} | {total:.2f} |")
 
 
 if __name__ == "__main__":

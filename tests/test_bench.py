@@ -474,9 +474,10 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
         "effnet-pt-frontier",
         "effnet-pt-frontier-q2",
         "effnet-pt-frontier-q2-down1",
+        "effnet-pt-frontier-q2-down4",
     }
     names = [c.name for c in preset.sweep]
-    assert headline < set(names) and len(names) == 27
+    assert headline < set(names) and len(names) == 28
 
     def counts(floor: int) -> dict[str, int]:
         jobs = plan(preset, list(preset.sweep), floor, {}, tmp_path)
@@ -517,6 +518,7 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
     frontier = keys["effnet-pt-frontier"]
     assert frontier["quant-bits-down"] == 2 and frontier["downlink-delta"] is True
     assert frontier["lora-freeze-a"] is True and frontier["entropy-coder"] == "zstd"
+    assert keys["effnet-pt-frontier-q2-down4"] == frontier | {"quant-bits": 2, "quant-bits-down": 4}
     # The other presets keep the global sweep.
     assert PRESETS["cpu-digits"].sweep is SWEEP and PRESETS["cifar10-paper"].sweep is SWEEP
     assert len(plan(PRESETS["cpu-digits"], list(SWEEP), 1, {}, tmp_path)) == len(SWEEP)

@@ -475,9 +475,10 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
         "effnet-pt-frontier-q2",
         "effnet-pt-frontier-q2-down1",
         "effnet-pt-frontier-q2-down4",
+        "effnet-pt-frontier-adaptive-down4",
     }
     names = [c.name for c in preset.sweep]
-    assert headline < set(names) and len(names) == 28
+    assert headline < set(names) and len(names) == 29
 
     def counts(floor: int) -> dict[str, int]:
         jobs = plan(preset, list(preset.sweep), floor, {}, tmp_path)
@@ -518,7 +519,10 @@ def test_per_configuration_seeds_in_the_plan(tmp_path: Path) -> None:
     frontier = keys["effnet-pt-frontier"]
     assert frontier["quant-bits-down"] == 2 and frontier["downlink-delta"] is True
     assert frontier["lora-freeze-a"] is True and frontier["entropy-coder"] == "zstd"
-    assert keys["effnet-pt-frontier-q2-down4"] == frontier | {"quant-bits": 2, "quant-bits-down": 4}
+    widths = {"quant-bits": 2, "quant-bits-down": 4, "run-name": ""}
+    assert keys["effnet-pt-frontier-q2-down4"] | {"run-name": ""} == frontier | widths
+    adaptive = keys["effnet-pt-frontier-adaptive-down4"]
+    assert adaptive["quant-bits"] == 8 and adaptive["uplink-budget-bytes"] == 142_640
     # The other presets keep the global sweep.
     assert PRESETS["cpu-digits"].sweep is SWEEP and PRESETS["cifar10-paper"].sweep is SWEEP
     assert len(plan(PRESETS["cpu-digits"], list(SWEEP), 1, {}, tmp_path)) == len(SWEEP)

@@ -32,6 +32,7 @@ from flora_app.checkpoint import load_checkpoint
 from flora_tools.bench import PRESETS, select
 from flora_tools.defence_probe import _cosine, _flat, _top_tensor, round_updates
 from flora_tools.preflight import app_defaults
+from strategies.direction_filter import tensor_median_cosines
 
 
 def _rows(updates: list[OrderedDict[str, np.ndarray]], keys: list[str]) -> np.ndarray:
@@ -70,6 +71,12 @@ def main(seed: int, name: str, start: Path | None = None) -> None:
                 f"loo-median {_cosine(rows[k], others):+.3f}  mean-pair {mean_pair:+.3f}"
             )
     per_tensor = {k: _rows(updates, [k]) for k in updates[0]}
+    # The "median" column is the filter's own figure (update-cosine-scope='tensor'), which
+    # leaves out tensors the median or the reply did not move; loo-median and the negative
+    # share count every tensor.
+    filtered = tensor_median_cosines(
+        _rows(updates, list(updates[0])), [u.size for u in updates[0].values()]
+    )
     medians = {k: np.median(r, axis=0) for k, r in per_tensor.items()}
     print(f"median over the {len(per_tensor)} tensors of each tensor's cosine:")
     for i, partition in enumerate(partitions):
@@ -79,7 +86,7 @@ def main(seed: int, name: str, start: Path | None = None) -> None:
         ]
         print(
             f"  partition {partition:3d} attacker={attacker[i]!s:5} "
-            f"median {np.median(to_median):+.3f}  loo-median {np.median(to_others):+.3f}  "
+            f"median {filtered[i]:+.3f}  loo-median {np.median(to_others):+.3f}  "
             f"negative tensors {np.mean(np.array(to_median) < 0):.2f}"
         )
 
